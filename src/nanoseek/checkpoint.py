@@ -1,0 +1,91 @@
+"""Checkpoints: a Hugging Face model folder plus ``trainer_state/``, written atomically.
+
+``RUN_DIR/checkpoints/step-N/`` holds ``config.json``, ``model.safetensors``, the tokenizer files
+(chat template included in ``tokenizer_config.json``) and ``trainer_state/`` with
+``state.pt`` (optimizer, scheduler position, the reference model when it is not recomputable),
+``rng.pt`` (Python, NumPy and torch RNG states) and ``meta.json`` (step, phase, data position).
+The folder is written under a temporary name and renamed when complete, then
+``checkpoints/latest`` is updated: a crash at any moment leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from nanoseek.atomic import atomic_dir, atomic_write_json
+
+
+def rng_state() -> dict:
+    """Every RNG state a run depends on (Python, NumPy, torch CPU and CUDA if present)."""
+    st = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def set_rng_state(st: dict) -> None:
+    random.setstate(st["python"])
+    np.random.set_state(st["numpy"])
+    torch.set_rng_state(st["torch"])
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+def save_model_folder(folder: Path, model, tokenizer) -> None:
+    """Write a Hugging Face model folder (weights, config, tokenizer, chat template) into ``folder``."""
+    from nanoseek.model.hf import save_pretrained
+
+    save_pretrained(model, folder)
+    tokenizer.save_pretrained(str(folder))
+    # transformers >= 5 writes the chat template to chat_template.jinja; keep a copy in
+    # tokenizer_config.json too so that every tokenizer loader finds it.
+    cfg_path = folder / "tokenizer_config.json"
+    if getattr(tokenizer, "chat_template", None) and cfg_path.exists():
+        cfg = json.loads(cfg_path.read_text())
+        if "chat_template" not in cfg:
+            cfg["chat_template"] = tokenizer.chat_template
+            atomic_write_json(cfg_path, cfg)
+
+
+def save_checkpoint(run, step: int, model, tokenizer, trainer_state: dict, meta: dict | None = None,
+                    keep_last: int | None = None, before_rename: Callable[[Path], None] | None = None) -> Path:
+    """Write ``RUN_DIR/checkpoints/step-{step}/`` atomically and point ``latest`` at it.
+
+    Args:
+        run: the ``RunDir``.
+        trainer_state: picklable state (optimizer state dicts, ...) saved with ``torch.save``.
+        meta: JSON-able facts (phase, data position, ...); ``step`` is added.
+        keep_last: prune older checkpoints beyond this many (None keeps all).
+        before_rename: fault-injection hook called with the temporary folder just before the
+            rename (tests use it to kill a run mid-write).
+    Returns the final checkpoint folder.
+    """
+    final = run.checkpoint_dir(step)
+    with atomic_dir(final) as tmp:
+        save_model_folder(tmp, model, tokenizer)
+        ts = tmp / "trainer_state"
+        ts.mkdir()
+        torch.save(trainer_state, ts / "state.pt")
+        torch.save(rng_state(), ts / "rng.pt")
+        (ts / "meta.json").write_text(json.dumps({**(meta or {}), "step": step}, indent=2))
+        if before_rename is not None:
+            before_rename(tmp)
+    run.mark_latest(step)
+    if keep_last:
+        run.prune_checkpoints(keep_last)
+    return final
+
+
+def load_trainer_state(checkpoint: Path) -> tuple[dict, dict, dict]:
+    """Read ``(state, rng, meta)`` from a checkpoint's ``trainer_state/``."""
+    ts = Path(checkpoint) / "trainer_state"
+    state = torch.load(ts / "state.pt", weights_only=False)
+    rng = torch.load(ts / "rng.pt", weights_only=False)
+    meta = json.loads((ts / "meta.json").read_text())
+    return state, rng, meta

@@ -1,0 +1,204 @@
+"""Typed recipe configs loaded from TOML, with strict keys and ``section.key=value`` overrides.
+
+A recipe file (``configs/zero-cpu.toml``) has one table per section: ``[run]``, ``[task]``,
+``[model]`` (DeepSeek-V3 ``config.json`` field names, used when a fresh base model is pretrained),
+``[pretrain]``, ``[grpo]`` and ``[eval]``. Every key must be a field of its dataclass: an unknown
+key is an error that names it, never silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nanoseek import NanoseekError
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+@dataclass
+class RunConfig:
+    """Run-level settings: seed, output directory, threads, checkpoint cadence."""
+
+    name: str = "zero"
+    seed: int = 0
+    out: str | None = None
+    threads: int = 0  # 0: torch's default
+    checkpoint_every: int = 50
+    keep_checkpoints: int = 2
+    max_wall_seconds: float = 0.0  # 0: no limit; else stop with a checkpoint after this long
+
+
+@dataclass
+class TaskConfig:
+    """Which task, where its data lives, and task-specific options (e.g. chain ``max_terms``)."""
+
+    name: str = "chain"
+    data_dir: str | None = None
+    options: dict = field(default_factory=dict)
+    system_prompt: str | None = None
+
+
+@dataclass
+class PretrainConfig:
+    """Next-token pretraining of a fresh base model on the task's generated corpus.
+
+    ``think_fraction`` is the share of corpus documents that write out worked steps; the rest
+    answer directly. ``steps`` optimizer steps of ``batch_size`` documents at learning rate ``lr``
+    (AdamW, linear warm-up then cosine decay to ``lr * min_lr_ratio``).
+    """
+
+    steps: int = 600
+    batch_size: int = 64
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 30
+    weight_decay: float = 0.1
+    think_fraction: float = 0.5
+    corpus_seed: int = 7
+    grad_clip: float = 1.0
+    log_every: int = 25
+
+
+@dataclass
+class GRPOConfig:
+    """Group Relative Policy Optimization (DeepSeekMath eq. 3; DeepSeek-R1 sec. 2.2.1).
+
+    Each step samples ``group_size`` completions for each of ``prompts_per_step`` prompts, scores
+    them with the task's rule-based rewards weighted by ``reward_weights``, turns rewards into
+    group-relative advantages and takes ``mu`` clipped policy-gradient updates (``epsilon_low``/
+    ``epsilon_high``) with a k3 KL penalty of weight ``beta`` to a frozen reference (``beta = 0``
+    loads no reference). ``ref_reset_every`` > 0 replaces the reference by the current policy every
+    that many steps (DeepSeek-R1 v2 suppl.: 400).
+    """
+
+    steps: int = 100
+    prompts_per_step: int = 16
+    group_size: int = 8
+    lr: float = 1e-3
+    min_lr_ratio: float = 1.0
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    beta: float = 0.0
+    epsilon_low: float = 0.2
+    epsilon_high: float | None = None
+    loss_type: str = "grpo"
+    scale_rewards: str = "std"
+    mu: int = 1
+    ref_reset_every: int = 0
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    grad_clip: float = 1.0
+    reward_weights: dict = field(default_factory=lambda: {"accuracy": 1.0, "format": 0.5})
+    eval_every: int = 25
+    max_prompt_length: int = 512
+    log_samples: int = 4
+
+    def __post_init__(self):
+        if self.group_size < 2:
+            raise NanoseekError(f"grpo.group_size must be >= 2 (a group of one has no relative advantage), got {self.group_size}")
+        if self.loss_type not in ("grpo", "bnpo", "dr_grpo", "dapo"):
+            raise NanoseekError(f"grpo.loss_type must be one of grpo, bnpo, dr_grpo, dapo; got {self.loss_type!r}")
+        if self.mu < 1:
+            raise NanoseekError(f"grpo.mu must be >= 1, got {self.mu}")
+
+
+@dataclass
+class EvalConfig:
+    """Held-out evaluation: pass@1 averaged over ``samples`` per problem (DeepSeek-R1 sec. 3:
+    temperature 0.6, top-p 0.95)."""
+
+    limit: int = 200
+    samples: int = 4
+    temperature: float = 0.6
+    top_p: float = 0.95
+    max_new_tokens: int = 64
+    batch_size: int = 256
+    seed: int = 1234
+
+
+@dataclass
+class ZeroConfig:
+    """The R1-Zero recipe: optional base pretraining, then GRPO, evaluated before and after."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    model: dict = field(default_factory=dict)  # ModelConfig fields (DeepSeek-V3 names), or {"path": ...}
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _build(cls, data: dict, where: str):
+    if not isinstance(data, dict):
+        raise NanoseekError(f"config section [{where}] must be a table, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in fields:
+            raise NanoseekError(f"unknown config key {where}.{key}; known keys: {', '.join(sorted(fields))}")
+        sub = fields[key].type
+        sub_cls = _SECTIONS.get(key) if cls is ZeroConfig else None
+        kwargs[key] = _build(sub_cls, value, key) if sub_cls else value
+    try:
+        return cls(**kwargs)
+    except TypeError as e:  # wrong value types surface here
+        raise NanoseekError(f"bad config section [{where}]: {e}") from None
+
+
+_SECTIONS = {"run": RunConfig, "task": TaskConfig, "pretrain": PretrainConfig, "grpo": GRPOConfig, "eval": EvalConfig}
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text  # a bare string
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``section.key=value`` overrides (value parsed as TOML, else a string) to a config dict."""
+    for item in overrides:
+        if "=" not in item:
+            raise NanoseekError(f"override {item!r} must look like section.key=value")
+        path, value = item.split("=", 1)
+        keys = path.strip().split(".")
+        node = data
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise NanoseekError(f"override {item!r}: {k} is not a section")
+        node[keys[-1]] = _parse_value(value.strip())
+    return data
+
+
+def resolve_recipe_path(name_or_path: str) -> Path:
+    """A recipe file path, or the name of a built-in recipe in ``configs/`` (e.g. ``zero-cpu``)."""
+    p = Path(name_or_path)
+    if p.suffix == ".toml" and p.exists():
+        return p
+    builtin = CONFIG_DIR / f"{name_or_path}.toml"
+    if builtin.exists():
+        return builtin
+    known = ", ".join(sorted(q.stem for q in CONFIG_DIR.glob("*.toml")))
+    raise NanoseekError(f"config {name_or_path!r} not found (neither a .toml file nor a built-in recipe: {known})")
+
+
+def load_config_dict(name_or_path: str) -> dict:
+    path = resolve_recipe_path(name_or_path)
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise NanoseekError(f"config {path} is not valid TOML: {e}") from None
+
+
+def build_zero_config(data: dict) -> ZeroConfig:
+    """Build and validate a ``ZeroConfig`` from a dict (unknown keys raise ``NanoseekError``)."""
+    return _build(ZeroConfig, data, "recipe")

@@ -1,0 +1,175 @@
+"""DeepSeekMoE with auxiliary-loss-free load balancing (DeepSeek-V3 §2.1.2, eqs. 12-20).
+
+    h' = u + Σ_shared FFN_s(u) + Σ_{i ∈ TopK} g_i FFN_i(u)
+    s_i = sigmoid(u · e_i)                           affinities, float32
+    selection: top-K of s_i + b_i inside the topk_group best groups, a group scored by the sum of
+               its two highest biased scores (V3 inference code / transformers "noaux_tc")
+    g_i = s_i / Σ_{j ∈ TopK} s_j · routed_scaling_factor   (the bias b never enters g)
+
+Parameter names are the released checkpoint's: ``gate.weight``, ``gate.e_score_correction_bias``
+(b, a float32 buffer, updated by ``update_bias`` outside the optimizer), ``experts.{j}.{gate,up,
+down}_proj``, ``shared_experts.{gate,up,down}_proj`` (the N_s shared experts as one MLP of width
+N_s · moe_intermediate_size, as the V3 code does).
+
+Dispatch: token→expert assignments are sorted by expert once, then one loop over experts runs each
+expert on its contiguous slice and one ``index_add`` scatters the results back (no per-expert
+masks over all tokens, so 64 experts cost about what 8 do at the same top-k).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nanoseek.model.config import ModelConfig
+
+_ACT = {
+    "silu": F.silu,
+    "gelu": F.gelu,
+    "relu": F.relu,
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+}
+
+
+class MLP(nn.Module):
+    """SwiGLU FFN ``down_proj(act(gate_proj(x)) * up_proj(x))``: [..., D] -> [..., D] (V3 §2.1.2)."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int, hidden_act: str = "silu") -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
+        self.act = _ACT[hidden_act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+
+
+class TopkRouter(nn.Module):
+    """The V3 gate: sigmoid affinities, bias-corrected group-limited top-k selection.
+
+    ``forward(x [N, D]) -> (scores [N, E] float32, topk_idx [N, K], topk_weight [N, K] float32)``.
+    ``scores`` are the raw sigmoid affinities s (used by the sequence-wise balance loss).
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.n_experts, self.top_k = config.n_routed_experts, config.num_experts_per_tok
+        self.n_group, self.topk_group = config.n_group, config.topk_group
+        self.norm_topk_prob, self.scale = config.norm_topk_prob, config.routed_scaling_factor
+        self.weight = nn.Parameter(torch.zeros(self.n_experts, config.hidden_size))
+        # b_i of aux-loss-free balancing (V3 eq. 16); a buffer: changed by the update rule, not by SGD
+        self.register_buffer("e_score_correction_bias", torch.zeros(self.n_experts, dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        scores = F.linear(x.float(), self.weight.float()).sigmoid()  # s_{i,t}, eq. 15
+        biased = scores + self.e_score_correction_bias.float()  # only for choosing (eq. 16)
+        if self.n_group > 1 and self.topk_group < self.n_group:
+            N = x.shape[0]
+            grouped = biased.view(N, self.n_group, -1)
+            group_score = grouped.topk(2, dim=-1).values.sum(-1)  # [N, n_group]
+            keep = group_score.topk(self.topk_group, dim=-1).indices
+            group_mask = torch.zeros_like(group_score, dtype=torch.bool).scatter_(1, keep, True)
+            biased = grouped.masked_fill(~group_mask[:, :, None], float("-inf")).view(N, -1)
+        topk_idx = biased.topk(self.top_k, dim=-1).indices  # [N, K]
+        weight = scores.gather(1, topk_idx)  # g from the un-biased s (eq. 13)
+        if self.norm_topk_prob:
+            weight = weight / (weight.sum(-1, keepdim=True) + 1e-20)
+        return scores, topk_idx, weight * self.scale
+
+
+class MoE(nn.Module):
+    """DeepSeekMoE layer: shared experts + routed experts (V3 eq. 12).
+
+    ``forward(x [B, T, D], token_mask [B, T] bool | None, want_aux: bool)`` returns
+    ``(y [B, T, D], load [E] float32, aux)`` where ``load`` counts the real tokens routed to each
+    expert (detached) and ``aux`` is the un-weighted sequence-wise balance loss Σ_i f_i P_i
+    (V3 eqs. 17-20) averaged over sequences, or None unless ``want_aux``.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.n_experts, self.top_k = config.n_routed_experts, config.num_experts_per_tok
+        self.gate = TopkRouter(config)
+        self.experts = nn.ModuleList(
+            MLP(config.hidden_size, config.moe_intermediate_size, config.hidden_act) for _ in range(self.n_experts))
+        self.shared_experts = (
+            MLP(config.hidden_size, config.moe_intermediate_size * config.n_shared_experts, config.hidden_act)
+            if config.n_shared_experts > 0 else None)
+
+    def forward(self, x: torch.Tensor, token_mask: torch.Tensor | None = None,
+                want_aux: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        B, T, D = x.shape
+        flat = x.reshape(-1, D)
+        scores, topk_idx, topk_w = self.gate(flat)
+        y = self.routed(flat, topk_idx, topk_w).view(B, T, D)
+        if self.shared_experts is not None:
+            y = y + self.shared_experts(x)
+
+        with torch.no_grad():
+            idx = topk_idx if token_mask is None else topk_idx[token_mask.reshape(-1)]
+            load = torch.bincount(idx.reshape(-1), minlength=self.n_experts).float()
+        aux = None
+        if want_aux:
+            aux = sequence_balance_loss(scores.view(B, T, -1), topk_idx.view(B, T, -1), token_mask)
+        return y, load, aux
+
+    def routed(self, x: torch.Tensor, topk_idx: torch.Tensor, topk_w: torch.Tensor) -> torch.Tensor:
+        """Σ_k g_k FFN_{idx_k}(x): ``x [N, D]``, ``topk_idx/topk_w [N, K]`` -> [N, D].
+
+        Sorted dispatch: assignments are ordered by expert, each expert runs once on its slice.
+        """
+        N, K = topk_idx.shape
+        flat_idx = topk_idx.reshape(-1)
+        order = flat_idx.argsort(stable=True)  # [N*K] assignment ids grouped by expert
+        counts = torch.bincount(flat_idx, minlength=self.n_experts).tolist()
+        token = order // K  # source token of each sorted assignment
+        xs = x.index_select(0, token)  # [N*K, D]
+        outs, start = [], 0
+        for e, n in enumerate(counts):
+            if n:
+                outs.append(self.experts[e](xs[start:start + n]))
+                start += n
+        ys = torch.cat(outs) * topk_w.reshape(-1)[order, None].to(x.dtype)
+        return torch.zeros_like(x).index_add_(0, token, ys)
+
+    def routed_reference(self, x: torch.Tensor, topk_idx: torch.Tensor, topk_w: torch.Tensor) -> torch.Tensor:
+        """The plain version of ``routed`` (per expert: mask, gather, add), for tests."""
+        out = torch.zeros_like(x)
+        for e in range(self.n_experts):
+            tok, slot = (topk_idx == e).nonzero(as_tuple=True)
+            if tok.numel():
+                out[tok] += self.experts[e](x[tok]) * topk_w[tok, slot, None].to(x.dtype)
+        return out
+
+    @torch.no_grad()
+    def update_bias(self, load: torch.Tensor, speed: float) -> None:
+        """Aux-loss-free balancing step (V3 §2.1.2): b_i += γ · sign(mean(load) − load_i).
+
+        Overloaded experts (load above the mean) get a lower bias, underloaded ones a higher bias.
+        ``load [E]`` = tokens routed to each expert over the step's batch.
+        """
+        if speed == 0 or float(load.sum()) == 0:
+            return
+        load = load.to(self.gate.e_score_correction_bias.device).float()
+        self.gate.e_score_correction_bias += speed * torch.sign(load.mean() - load)
+
+
+def sequence_balance_loss(scores: torch.Tensor, topk_idx: torch.Tensor,
+                          token_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Complementary sequence-wise balance loss Σ_i f_i P_i (V3 eqs. 17-20), mean over sequences.
+
+    ``scores [B, T, E]`` raw sigmoid affinities, ``topk_idx [B, T, K]``, ``token_mask [B, T]``.
+    f_i = E / (K·T) · #{t: i ∈ TopK(t)},  P_i = 1/T Σ_t s_{i,t} / Σ_j s_{j,t},  T = real tokens.
+    Multiply by α (``aux_loss_alpha``) to get L_Bal. A perfectly balanced router gives 1.
+    """
+    B, T, E = scores.shape
+    K = topk_idx.shape[-1]
+    m = torch.ones(B, T, device=scores.device) if token_mask is None else token_mask.float()
+    n_tok = m.sum(1).clamp_min(1)  # [B]
+    with torch.no_grad():
+        hits = torch.zeros_like(scores).scatter_(2, topk_idx, 1.0)  # [B, T, E]
+        f = (hits * m[..., None]).sum(1) * E / (K * n_tok[:, None])  # [B, E]
+    p = ((scores / scores.sum(-1, keepdim=True)) * m[..., None]).sum(1) / n_tok[:, None]  # [B, E]
+    return (f * p).sum(-1).mean()

@@ -1,0 +1,27 @@
+"""Reinforcement learning for nanoseek: GRPO math as pure tensor functions.
+
+* ``advantages``: group-relative advantages (DeepSeekMath §4.1.2; Dr. GRPO ``scale="none"``).
+* ``masks``: completion masks from generated lengths.
+* ``kl``: per-token KL estimators (k3 is GRPO's).
+* ``grpo``: the clipped GRPO loss (grpo / bnpo / dr_grpo / dapo), token log-probs and entropy.
+* ``presets``: the papers' hyperparameters by name.
+"""
+
+from nanoseek.rl.advantages import group_advantages, reward_validity
+from nanoseek.rl.grpo import LOSS_TYPES, grpo_loss, token_entropy, token_logprobs
+from nanoseek.rl.kl import kl_k1, kl_k2, kl_k3
+from nanoseek.rl.masks import completion_mask, truncated
+
+__all__ = [
+    "LOSS_TYPES",
+    "completion_mask",
+    "group_advantages",
+    "grpo_loss",
+    "kl_k1",
+    "kl_k2",
+    "kl_k3",
+    "reward_validity",
+    "token_entropy",
+    "token_logprobs",
+    "truncated",
+]

@@ -1,0 +1,34 @@
+"""Recipe configs: strict keys, overrides, and the embedded CPU recipe."""
+
+import pytest
+
+from nanoseek import NanoseekError
+from nanoseek.config import apply_overrides, build_zero_config, load_config_dict
+
+
+def test_builtin_recipe_loads():
+    cfg = build_zero_config(load_config_dict("zero-cpu"))
+    assert cfg.task.name == "chain"
+    assert cfg.eval.temperature == 0.6 and cfg.eval.top_p == 0.95 and cfg.eval.samples >= 4
+    assert cfg.model["hidden_size"] > 0
+
+
+def test_unknown_key_is_named():
+    data = load_config_dict("zero-cpu")
+    data["grpo"]["stepz"] = 3
+    with pytest.raises(NanoseekError, match=r"unknown config key grpo\.stepz"):
+        build_zero_config(data)
+    with pytest.raises(NanoseekError, match="unknown config key recipe.bogus"):
+        build_zero_config({"bogus": {}})
+
+
+def test_overrides_parse_toml_values():
+    data = apply_overrides({}, ["grpo.steps=7", "grpo.lr=1e-4", "task.name=gsm8k", "run.out=\"x y\""])
+    assert data == {"grpo": {"steps": 7, "lr": 1e-4}, "task": {"name": "gsm8k"}, "run": {"out": "x y"}}
+    with pytest.raises(NanoseekError, match="section.key=value"):
+        apply_overrides({}, ["nonsense"])
+
+
+def test_missing_recipe_is_named():
+    with pytest.raises(NanoseekError, match="config 'nope' not found"):
+        load_config_dict("nope")
