@@ -135,10 +135,20 @@ def test_toml_round_trip():
     assert tomllib.loads(dumps_toml(cfg)) == cfg
 
 
-def test_config_with_none_falls_back_to_json(tmp_path):
-    run = RunDir.create(tmp_path / "r", {"a": None, "b": [1, None]})
+def test_config_none_is_left_out_of_toml(tmp_path):
+    cfg = {"run": {"out": None, "seed": 0}, "top": None}
+    run = RunDir.create(tmp_path / "r", cfg)
+    assert run.config_path.name == "config.toml"
+    assert run.read_config() == {"run": {"seed": 0}}
+    assert "# out is unset (None)" in run.config_path.read_text()
+    RunDir.create(tmp_path / "r", cfg, resume=True)  # the same config: not seen as a change
+    assert not (run.path / "config.previous.toml").exists()
+
+
+def test_config_none_in_list_falls_back_to_json(tmp_path):
+    run = RunDir.create(tmp_path / "r", {"b": [1, None]})
     assert run.config_path.name == "config.json"
-    assert run.read_config() == {"a": None, "b": [1, None]}
+    assert run.read_config() == {"b": [1, None]}
     run.write_config({"a": 1})  # back to TOML: the JSON file goes
     assert run.config_path.name == "config.toml" and not (run.path / "config.json").exists()
 

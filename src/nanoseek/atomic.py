@@ -114,8 +114,12 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         remove_path(tmp)
         raise
-    for child in tmp.rglob("*"):
-        if child.is_file() and not child.is_symlink():
+    for child in tmp.rglob("*"):  # writers (torch.save, safetensors) do not fsync themselves
+        if child.is_symlink():
+            continue
+        if child.is_dir():
+            fsync_dir(child)
+        elif child.is_file():
             with open(child, "rb") as f:
                 os.fsync(f.fileno())
     fsync_dir(tmp)

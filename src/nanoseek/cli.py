@@ -18,6 +18,9 @@ from nanoseek import NanoseekError
 # name -> (module, help). Each module defines ``add_arguments(parser)`` and ``run(args) -> int``.
 COMMANDS = {
     "zero": ("nanoseek.cli_zero", "R1-Zero: pretrain a small base (or load --model), then GRPO with rule-based rewards"),
+    "serve": ("nanoseek.cli_serve", "DeepSeek-compatible chat API (streamed reasoning_content) and web chat app for a model"),
+    "chat": ("nanoseek.cli_chat", "terminal chat with a model: streamed answer, dimmed reasoning"),
+    "eval": ("nanoseek.cli_eval", "evaluate a model or OpenAI-compatible endpoint: pass@1 over k samples, pass@k, cons@k"),
 }
 
 

@@ -96,6 +96,7 @@ class GRPOConfig:
     reward_weights: dict = field(default_factory=lambda: {"accuracy": 1.0, "format": 0.5})
     eval_every: int = 25
     max_prompt_length: int = 512
+    mask_truncated_completions: bool = False  # DAPO overlong filtering (DAPO sec. 3.4)
     log_samples: int = 4
 
     def __post_init__(self):

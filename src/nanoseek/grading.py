@@ -14,18 +14,25 @@ required to provide the final answer in a specified format (e.g., within a box)"
   letters and comma-separated lists of those in microseconds with exact rational arithmetic; every
   other pair goes to math-verify in a killable subprocess pool (``nanoseek.grading_pool``) with a
   hard timeout, so pathological answers (towers of powers, huge factorials) cannot hang the caller.
+  The fast path lives in ``nanoseek.grading_fast``, the subprocess pool in ``nanoseek.grading_pool``.
 
 Rules the fast path follows (each one a documented deviation from "compare the strings"):
   * thousands separators only when real: ``1,000`` = 1000, ``12,345.5`` = 12345.5; ``0,1`` and
     ``1,5`` are lists of two values, never 0.1 / 1.5; LaTeX ``1{,}000`` and ``1\\,000`` are 1000.
   * ``\\frac12``, ``\\dfrac{1}{2}``, ``1/2``, ``0.5`` are the same number; ``\\frac21`` is 2.
   * ``\\text{}``, ``\\mathrm{}``, ``$`` and trailing unit words (``5 \\text{ cm}``, ``72 apples``) are
-    dropped; ``30^\\circ`` = 30; ``28\\%`` = 28 = 0.28 (a percent sign on either side allows the /100).
-  * numbers compare exactly; a decimal matches a non-terminating fraction only within a *relative*
-    error of 1e-6 (never an absolute tolerance, so 0.0001 ≠ 0.0002).
+    dropped, but not words that change the value (``10 thousand``, ``5 pi``, ``2 or 3``);
+    ``30^\\circ`` = 30; ``28\\%`` = 28 = 0.28 (a percent sign on either side allows the /100).
+  * numbers compare exactly; a decimal matches a non-terminating fraction (1/3, 2/7) only within a
+    *relative* error of 1e-6 (never an absolute tolerance, so 0.0001 ≠ 0.0002, 1000000.5 ≠ 1000000).
   * ``(C)``, ``\\text{(C)}`` and ``C`` are the same choice letter.
   * comma lists (and ``\\{…\\}`` sets) compare as multisets: any order, but every element must match,
-    so a partial answer to a "find all" question is wrong.
+    so a partial answer to a "find all" question is wrong; tuples and intervals go to math-verify.
+  * a matrix never equals a scalar (math-verify alone accepts ``6`` for ``6I``).
+
+A prediction with no answer marker at all is graded as an answer on its own ("2k") or, when it is
+prose ("So she sold 72 clips."), by its last number (numeric reference) or math-verify's own
+extraction; a prediction with a marker that yields no answer (an unclosed box or think block) is 0.
 
 Counters of everything that happened (fast/slow path, timeouts, parse failures, unjudgeable
 references, missing answers) live in a ``GradeStats`` object: ``stats()`` reads them and
@@ -34,10 +41,13 @@ references, missing answers) live in a ``GradeStats`` object: ``stats()`` reads 
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 from dataclasses import dataclass, field, fields
 from fractions import Fraction
+
+from nanoseek.grading_fast import _balanced, _Num, last_number, parse_simple, simple_equal
 
 # ----------------------------------------------------------------------------------------------
 # counters
@@ -57,7 +67,7 @@ class GradeStats:
         no_answer: completions with no extractable answer (graded 0.0).
         bad_references: references that cannot be parsed (graded ``None``: not judged).
         errors: unexpected internal errors caught by the grader (graded 0.0).
-        worker_restarts: grading subprocesses started after the first one (after a kill or crash).
+        worker_restarts: grading subprocesses killed (timeout) or found dead; replaced on next use.
     """
 
     calls: int = 0
@@ -101,34 +111,21 @@ def reset_stats() -> None:
     _STATS.reset()
 
 
+def count(event: str, n: int = 1) -> None:
+    """Add ``n`` to the counter ``event`` (a ``GradeStats`` field), e.g. from a reward function."""
+    _STATS.add(event, n)
+
+
 # ----------------------------------------------------------------------------------------------
 # extraction
 
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![a-zA-Z])")
-_ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _HASH_RE = re.compile(r"####[ \t]*([^\n]*)")
 _FINAL_RE = re.compile(
     r"(?:final answer|the answer)\s*(?:is|:|=)?\s*:?[ \t]*(?:\n\s*)?([^\n]*)", re.IGNORECASE
 )
 MAX_ANSWER_CHARS = 1000  # longer "answers" are not answers (and would only slow the slow path)
-
-
-def _balanced(text: str, start: int) -> int:
-    """Index just past the brace group opening at ``text[start] == '{'``, or -1 if unbalanced."""
-    depth, i, n = 0, start, len(text)
-    while i < n:
-        c = text[i]
-        if c == "\\":
-            i += 2  # skip escaped characters such as \{ and \}
-            continue
-        if c == "{":
-            depth += 1
-        elif c == "}":
-            depth -= 1
-            if depth == 0:
-                return i + 1
-        i += 1
-    return -1
+MAX_RAW_CHARS = 2000  # unmarked free text: only its end is searched for a final value
 
 
 def last_boxed(text: str) -> str | None:
@@ -184,9 +181,10 @@ def extract_answer(completion: str, think_prefilled: bool = False) -> str | None
             return None
         text = text[close + len("</think>") :]
     ans: str | None = None
-    blocks = _ANSWER_RE.findall(text)
-    if blocks:
-        body = blocks[-1]
+    close = text.rfind("</answer>")
+    open_ = text.rfind("<answer>", 0, close) if close >= 0 else -1
+    if open_ >= 0:  # the last complete <answer>…</answer> block (found in linear time)
+        body = text[open_ + len("<answer>") : close]
         ans = last_boxed(body) if _BOX_RE.search(body) else body
     elif _BOX_RE.search(text):
         ans = last_boxed(text)
@@ -207,196 +205,35 @@ def extract_answer(completion: str, think_prefilled: bool = False) -> str | None
 
 
 # ----------------------------------------------------------------------------------------------
-# fast path: plain numbers, simple fractions, percent, choice letters, lists of those
-
-
-@dataclass(frozen=True)
-class _Num:
-    value: Fraction
-    percent: bool = False
-    exact: bool = True  # False for a decimal literal (it may be a rounding)
-
-
-@dataclass(frozen=True)
-class _Choice:
-    letter: str
-
-
-@dataclass(frozen=True)
-class _List:
-    items: tuple
-
-
-_WRAP_RE = re.compile(r"^\\(?:text|textbf|mathrm|mathbf|mbox|textrm|operatorname)\s*\{(.*)\}$", re.DOTALL)
-_NUM_BODY = r"(?:[1-9]\d{0,2}(?:,\d{3})+|\d+)(?:\.\d*)?|\.\d+"
-_NUM_RE = re.compile(rf"^([+-]?)\s*({_NUM_BODY})$")
-_FRAC_RE = re.compile(r"^([+-]?)\s*\\frac\s*(?:\{\s*([+-]?\d+)\s*\}|(\d))\s*(?:\{\s*([+-]?\d+)\s*\}|(\d))$")
-_SLASH_RE = re.compile(r"^([+-]?)\s*(\d+)\s*/\s*(\d+)$")
-_UNIT_RE = re.compile(
-    r"\s*(?:\\(?:text|mbox|mathrm|textrm)\s*\{\s*[a-zA-Z][a-zA-Z .]*\}|[a-zA-Z]{2,}(?:\s+[a-zA-Z]+)*\.?)$"
-)
-_DEGREE_RE = re.compile(r"\s*(?:\^\s*\{?\s*\\circ\s*\}?|°|\\degree|degrees?)$")
-_PERCENT_RE = re.compile(r"\s*(?:\\%|%|percent)$")
-_CURRENCY_RE = re.compile(r"^(?:\\\$|\$|£|€|\\euro\s*)\s*")
-_VAR_RE = re.compile(r"^[a-zA-Z]\s*=\s*")
-_CHOICE_RE = re.compile(r"^\(?([A-Z])\)?$|^\(([a-e])\)$")
-_NOT_UNITS = {"pi", "sqrt", "infty", "or", "and", "cdot", "times"}
-
-
-def _strip_outer(s: str) -> str:
-    """Remove math delimiters, markdown bold, wrappers and a final period around a whole answer."""
-    for _ in range(4):
-        before = s
-        s = s.strip().strip("*").strip()
-        if s.startswith("$") and s.endswith("$"):
-            s = s.strip("$")
-        for a, b in (("\\(", "\\)"), ("\\[", "\\]")):
-            if s.startswith(a) and s.endswith(b):
-                s = s[2:-2]
-        m = _WRAP_RE.match(s)
-        if m and _balanced(s, s.index("{")) == len(s):
-            s = m.group(1)
-        if s.endswith(".") and not re.search(r"\d\.$", s[-2:]):
-            s = s[:-1]
-        if s.startswith("\\boxed{") and _balanced(s, 6) == len(s):
-            s = s[7:-1]
-        if s == before:
-            break
-    return s.strip()
-
-
-def _normalize(s: str) -> str:
-    s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("−", "-")
-    s = s.replace("{,}", ",").replace("\\!", "").replace("\\left", "").replace("\\right", "")
-    s = re.sub(r"(?<=\d)\\,(?=\d{3})", "", s)  # 1\,000 (thin-space thousands)
-    s = s.replace("\\ ", " ").replace("~", " ").replace("\\displaystyle", "")
-    return _strip_outer(s)
-
-
-def _split_top(s: str, sep: str = ",") -> list[str]:
-    parts, depth, cur = [], 0, []
-    for c in s:
-        if c in "({[":
-            depth += 1
-        elif c in ")}]":
-            depth -= 1
-        if c == sep and depth == 0:
-            parts.append("".join(cur))
-            cur = []
-        else:
-            cur.append(c)
-    parts.append("".join(cur))
-    return parts
-
-
-def _parse_number(s: str) -> _Num | None:
-    s = _CURRENCY_RE.sub("", s.strip())
-    percent = False
-    for _ in range(3):  # strip a percent sign, degrees, units in any order ("45^\circ F", "5 \%")
-        before = s
-        if _PERCENT_RE.search(s):
-            s, percent = _PERCENT_RE.sub("", s), True
-        s = _DEGREE_RE.sub("", s)
-        m = _UNIT_RE.search(s)
-        if m and m.start() > 0 and m.group(0).strip().lower().rstrip(".") not in _NOT_UNITS:
-            s = s[: m.start()]
-        s = _strip_outer(_CURRENCY_RE.sub("", s.strip()))
-        if s == before:
-            break
-    m = _NUM_RE.match(s)
-    if m:
-        body = m.group(2).replace(",", "")
-        value = Fraction(body.rstrip(".") if body.endswith(".") else body)
-        return _Num(-value if m.group(1) == "-" else value, percent, exact="." not in body)
-    m = _FRAC_RE.match(s)
-    if m:
-        num, den = int(m.group(2) or m.group(3)), int(m.group(4) or m.group(5))
-        if den == 0:
-            return None
-        value = Fraction(num, den)
-        return _Num(-value if m.group(1) == "-" else value, percent)
-    m = _SLASH_RE.match(s)
-    if m and int(m.group(3)) != 0:
-        value = Fraction(int(m.group(2)), int(m.group(3)))
-        return _Num(-value if m.group(1) == "-" else value, percent)
-    return None
-
-
-def _parse_item(s: str):
-    s = _strip_outer(s)
-    s = _VAR_RE.sub("", s, count=1)
-    m = _CHOICE_RE.match(s)
-    if m:
-        return _Choice((m.group(1) or m.group(2)).upper())
-    return _parse_number(s)
-
-
-def parse_simple(answer: str):
-    """Parse an answer the fast path can decide: a number, a choice letter or a list of those.
-
-    Returns ``None`` when the answer needs math-verify (anything symbolic, tuples, intervals, ...).
-    """
-    s = _normalize(answer)
-    if not s or len(s) > 200:
-        return None
-    if s.startswith("\\{") and s.endswith("\\}"):
-        s = s[2:-2].strip()
-    elif s[:1] in "([" and s[-1:] in ")]" and "," in s:
-        return None  # ordered tuple or interval: math-verify decides
-    s = re.sub(r"\s*(?:\\text\{\s*(?:and|or)\s*\}|\band\b|\bor\b)\s*", ",", s) if "," in s else s
-    if "," in s and not _NUM_RE.match(_CURRENCY_RE.sub("", s)):
-        parts = [p.strip() for p in _split_top(s)]
-        if len(parts) < 2 or not all(parts):
-            return None
-        items = tuple(_parse_item(p) for p in parts)
-        if any(i is None or isinstance(i, _List) for i in items):
-            return None
-        return _List(items)
-    return _parse_item(s)
-
-
-def _num_eq(a: _Num, b: _Num) -> bool:
-    def close(x: Fraction, y: Fraction, exact: bool) -> bool:
-        if x == y:
-            return True
-        # A decimal literal may round a non-terminating fraction: relative error only (1e-6).
-        return not exact and y != 0 and abs(x - y) <= abs(y) * Fraction(1, 10**6)
-
-    exact = a.exact and b.exact
-    pairs = [(a.value, b.value)]
-    if a.percent != b.percent:
-        pairs += [(a.value / 100, b.value)] if a.percent else [(a.value, b.value / 100)]
-    return any(close(x, y, exact) for x, y in pairs)
-
-
-def simple_equal(p, r) -> bool:
-    """Equality of two ``parse_simple`` results (lists as multisets)."""
-    if isinstance(p, _Num) and isinstance(r, _Num):
-        return _num_eq(p, r)
-    if isinstance(p, _Choice) and isinstance(r, _Choice):
-        return p.letter == r.letter
-    if isinstance(p, _List) and isinstance(r, _List):
-        if len(p.items) != len(r.items):
-            return False
-        unused = list(p.items)
-        for ri in r.items:
-            hit = next((k for k, pi in enumerate(unused) if simple_equal(pi, ri)), None)
-            if hit is None:
-                return False
-            unused.pop(hit)
-        return True
-    return False
-
-
-# ----------------------------------------------------------------------------------------------
 # the public grading API
 
 
-def check_reference(reference) -> bool:
-    """Cheap syntactic check of a reference answer (run when a task loads): non-empty text, balanced
-    braces, not absurdly long. Deep parse failures are found (and counted) at grading time."""
+def parse_number(answer: str | None) -> Fraction | None:
+    """The exact value of a plain-number answer ("1,234", "-0.5", "\\frac{3}{4}", "$72$", "28\\%" → 28),
+    or ``None`` when the answer is not a single plain number (the fast path's number parser)."""
+    if not isinstance(answer, str):
+        return None
+    try:
+        parsed = parse_simple(answer)
+    except Exception:
+        return None
+    return parsed.value if isinstance(parsed, _Num) else None
+
+
+def check_reference(reference, deep: bool = False) -> bool:
+    """Whether a reference answer can be graded.
+
+    The default check is syntactic and takes microseconds (it runs on every row when a task loads):
+    non-empty text, balanced braces, not absurdly long. ``deep=True`` also asks math-verify to parse
+    it (milliseconds; the slow path). References failing only the deep check are still caught, and
+    counted as ``bad_references``, when they are graded.
+    """
     if not isinstance(reference, str):
         return False
+    if deep and check_reference(reference) and parse_simple(reference) is None:
+        from nanoseek.grading_pool import DEFAULT_TIMEOUT, get_pool
+
+        return get_pool().check(reference, reference, False, DEFAULT_TIMEOUT) not in ("bad_reference", "timeout")
     s = reference.strip()
     if not s or len(s) > MAX_ANSWER_CHARS:
         return False
@@ -412,6 +249,22 @@ def check_reference(reference) -> bool:
             return False
         i += 1
     return depth == 0
+
+
+_TEXT_CMD_RE = re.compile(r"\\(?:text|mbox|mathrm|textbf|operatorname|begin|end)\s*\{[^{}]*\}|\\[a-zA-Z]+")
+_WORD2_RE = re.compile(r"[A-Za-z]{2,}")
+
+
+def looks_like_text(s: str) -> bool:
+    """True for prose ("So she sold 72 clips."), False for an answer on its own ("2k", "45 \\text{ units}^2",
+    "Monday"): prose has two or more words outside LaTeX commands and ``\\text{}``, or a think tag."""
+    if "<think>" in s or "</think>" in s:
+        return True
+    return len(_WORD2_RE.findall(_TEXT_CMD_RE.sub(" ", s))) >= 2
+
+
+_MARKER_RE = re.compile(r"\\boxed|\\fbox|</?answer>|</?think>|####")
+_MATRIX_RE = re.compile(r"\\begin\{[pbvBV]?matrix\}")
 
 
 def grade(prediction: str | None, reference: str, timeout: float | None = None) -> float | None:
@@ -430,14 +283,23 @@ def grade(prediction: str | None, reference: str, timeout: float | None = None) 
             _STATS.add("no_answer")
             return 0.0
         pred = extract_answer(prediction)
-        raw = pred is None  # no marker: compare against the text itself (math-verify finds the last value)
-        if raw:
-            pred = prediction.strip()
+        raw = False
+        if pred is None:
+            if _MARKER_RE.search(prediction):  # a broken box, an unclosed think block, ...: no answer
+                _STATS.add("no_answer")
+                return 0.0
+            # no marker at all: an answer on its own ("2k") or free text ("So she sold 72 clips.")
+            pred = prediction.strip()[-MAX_RAW_CHARS:]
+            raw = looks_like_text(pred)
+        pred_matrix, ref_matrix = _MATRIX_RE.search(pred) is not None, _MATRIX_RE.search(reference) is not None
+        if ref_matrix and not pred_matrix or (pred_matrix and not ref_matrix and not raw):
+            _STATS.add("fast_path")  # a matrix never equals a scalar (math-verify broadcasts 6 == 6I)
+            return 0.0
         ref_s = parse_simple(reference)
         if ref_s is not None:
             pred_s = parse_simple(pred) if len(pred) <= 200 else None
             if pred_s is None and raw:
-                pred_s = _last_number(pred)
+                pred_s = last_number(pred)
             if pred_s is not None:
                 _STATS.add("fast_path")
                 return 1.0 if simple_equal(pred_s, ref_s) else 0.0
@@ -447,17 +309,6 @@ def grade(prediction: str | None, reference: str, timeout: float | None = None) 
     except Exception:  # never raise on model output
         _STATS.add("errors")
         return 0.0
-
-
-_LAST_NUM_RE = re.compile(rf"(?<![\w.])([+-]?(?:{_NUM_BODY}))(?!\w)")
-
-
-def _last_number(text: str):
-    """The last number of an unmarked sentence ("So she sold 72 clips."), for a numeric reference."""
-    nums = _LAST_NUM_RE.findall(text[-2000:])
-    if not nums:
-        return None
-    return _parse_number(nums[-1].rstrip("."))
 
 
 def is_equivalent(prediction: str, reference: str, timeout: float | None = None) -> bool:
@@ -476,5 +327,5 @@ def _after_fork() -> None:
     _STATS = GradeStats()
 
 
-if hasattr(__import__("os"), "register_at_fork"):
-    __import__("os").register_at_fork(after_in_child=_after_fork)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)

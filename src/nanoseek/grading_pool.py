@@ -2,9 +2,9 @@
 
 math-verify's own timeout uses ``signal.alarm``, which only works in the main thread and cannot
 interrupt a long C-level computation (``9**9**9**9`` is one big-int power). So every slow-path check
-runs in a separate Python process (``python -c ...grading_pool._serve()``, a plain ``subprocess``: it works from
-the main thread, from worker threads, from ``ProcessPoolExecutor`` and even from daemonic
-``multiprocessing`` workers, which may not start ``multiprocessing`` children). The caller waits on
+runs in a separate Python process (``python -c "...grading_pool._serve()"``, a plain ``subprocess``:
+it works from the main thread, from worker threads, from ``ProcessPoolExecutor`` and even from
+daemonic ``multiprocessing`` workers, which may not start ``multiprocessing`` children). The caller waits on
 the pipe with a hard deadline; past it the subprocess is killed (SIGKILL), the check counts as a
 timeout and grades 0.0, and the next check starts a fresh subprocess. Workers are started on first
 use (about 1 s to import sympy) and live until the parent exits or closes their stdin.
@@ -48,7 +48,8 @@ class _Worker:
             close_fds=True,
         )
         self.buf = b""
-        self.warm = False  # answered at least once (start-up done)
+        self.warm = False  # said it is ready (start-up done)
+        self.dead = False
 
     def _readline(self, deadline: float) -> dict | None:
         fd = self.proc.stdout.fileno()
@@ -61,7 +62,8 @@ class _Worker:
                 return None
             chunk = os.read(fd, 65536)
             if not chunk:
-                return None  # the worker died
+                self.dead = True  # the worker exited (crashed, or could not import math-verify)
+                return None
             self.buf += chunk
         line, self.buf = self.buf.split(b"\n", 1)
         return json.loads(line)
@@ -80,6 +82,7 @@ class _Worker:
             self.proc.stdin.flush()
             return self._readline(time.monotonic() + timeout)
         except (OSError, ValueError):
+            self.dead = True
             return None
 
     def kill(self) -> None:
@@ -102,7 +105,6 @@ class SlowPathPool:
         self.pid = os.getpid()
         self._idle: list[_Worker] = []
         self._count = 0
-        self._started = 0
         self._cond = threading.Condition()
         self._cache: OrderedDict = OrderedDict()
         self._cache_lock = threading.Lock()
@@ -114,7 +116,6 @@ class SlowPathPool:
             if self._idle:
                 return self._idle.pop()
             self._count += 1
-            self._started += 1
         try:
             return _Worker()
         except Exception:
@@ -147,11 +148,12 @@ class SlowPathPool:
         self._release(worker, alive=reply is not None)
         if reply is None and stats is not None:
             stats.add("worker_restarts")  # killed; the next check starts a fresh one
-        status = reply.get("s", "error") if reply else "timeout"
-        with self._cache_lock:
-            self._cache[key] = status
-            if len(self._cache) > CACHE_SIZE:
-                self._cache.popitem(last=False)
+        status = reply.get("s", "error") if reply else ("error" if worker.dead else "timeout")
+        if status != "error":  # a crash may be transient; everything else is a property of the input
+            with self._cache_lock:
+                self._cache[key] = status
+                if len(self._cache) > CACHE_SIZE:
+                    self._cache.popitem(last=False)
         return status
 
     def close(self) -> None:
@@ -218,6 +220,7 @@ def _strip_dollars(s: str) -> str:
 
 def _serve() -> None:  # pragma: no cover - runs in the subprocess
     import logging
+    import math
 
     logging.disable(logging.CRITICAL)  # math-verify logs every timeout/parse error
     from math_verify import parse, verify
@@ -227,7 +230,9 @@ def _serve() -> None:  # pragma: no cover - runs in the subprocess
     for line in sys.stdin:
         try:
             req = json.loads(line)
-            soft = max(1, int(float(req.get("t", DEFAULT_TIMEOUT))))  # signal.alarm granularity: 1 s
+            # math-verify's own (signal) timeout, 1 s under the hard one so that it usually fires first
+            # and the worker survives; signal.alarm counts whole seconds.
+            soft = max(1, math.ceil(float(req.get("t", DEFAULT_TIMEOUT))) - 1)
             gold = parse("$" + _strip_dollars(req["g"]) + "$", parsing_timeout=soft)
             if not gold:
                 status = "bad_reference"

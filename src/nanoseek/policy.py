@@ -71,7 +71,9 @@ class Policy:
         self.stop_ids = stop_token_ids(tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
         self.think_prefilled = template_prefills_think(tokenizer)
-        self.native = bool(getattr(model, "is_nanoseek", False))
+        from nanoseek.model.transformer import DeepseekV3ForCausalLM
+
+        self.native = isinstance(model, DeepseekV3ForCausalLM)
 
     # -- text ---------------------------------------------------------------------------------
     def prompt_text(self, question: str) -> str:

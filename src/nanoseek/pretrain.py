@@ -41,13 +41,21 @@ def pad_right(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
     return ids, mask
 
 
-def lm_loss(model, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, dict]:
-    """Mean next-token cross-entropy over real tokens (+ λ·MTP loss if the model has MTP).
+def _is_native(model) -> bool:
+    from nanoseek.model.transformer import DeepseekV3ForCausalLM
 
-    ``ids``/``mask``: ``[B, T]``. Returns ``(loss, metrics)``; labels come from the mask, never from
-    token values.
+    return isinstance(model, DeepseekV3ForCausalLM)
+
+
+def lm_loss(model, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, dict, torch.Tensor | None]:
+    """Mean next-token cross-entropy over real tokens (+ λ·MTP loss + α·balance loss if enabled).
+
+    ``ids``/``mask``: ``[B, T]``. Returns ``(loss, metrics, expert_load)``; labels come from the
+    mask, never from token values. ``expert_load`` is ``[n_moe_layers, n_routed_experts]`` token
+    counts (nanoseek models) for the aux-loss-free bias update, else None.
     """
-    want_mtp = getattr(getattr(model, "config", None), "num_nextn_predict_layers", 0) > 0 and getattr(model, "is_nanoseek", False)
+    native = _is_native(model)
+    want_mtp = native and model.config.num_nextn_predict_layers > 0
     out = model(ids, attention_mask=mask, return_mtp=True) if want_mtp else model(ids, attention_mask=mask)
     logits = out.logits[:, :-1].float()
     target = ids[:, 1:]
@@ -55,24 +63,21 @@ def lm_loss(model, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor,
     ce = F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1), reduction="none").view_as(target)
     loss = torch.where(valid, ce, torch.zeros_like(ce)).sum() / valid.sum().clamp(min=1)
     metrics = {"pretrain/loss": float(loss.detach())}
-    mtp_logits = getattr(out, "mtp_logits", None) if want_mtp else None
-    if mtp_logits:
-        lam = float(getattr(model.config, "mtp_loss_weight", 0.3))
-        mtp_losses = []
-        for k, lg in enumerate(mtp_logits, start=1):
-            # depth k predicts token t + 1 + k from position t
-            lg = lg[:, : ids.size(1) - 1 - k].float()
-            tgt = ids[:, 1 + k:]
-            v = (mask[:, 1 + k:] * mask[:, : ids.size(1) - 1 - k]).bool()
-            ce_k = F.cross_entropy(lg.reshape(-1, lg.size(-1)), tgt.reshape(-1), reduction="none").view_as(tgt)
-            mtp_losses.append(torch.where(v, ce_k, torch.zeros_like(ce_k)).sum() / v.sum().clamp(min=1))
-        mtp = torch.stack(mtp_losses).mean()
-        loss = loss + lam * mtp
+    if want_mtp and getattr(out, "mtp_logits", None):
+        from nanoseek.model.mtp import mtp_loss
+
+        mtp = mtp_loss(out.mtp_logits, ids, mask, weight=model.config.mtp_loss_weight)
+        loss = loss + mtp
         metrics["pretrain/mtp_loss"] = float(mtp.detach())
     aux = getattr(out, "aux_loss", None)
     if aux is not None:
         loss = loss + aux
-    return loss, metrics
+        metrics["pretrain/balance_loss"] = float(aux.detach())
+    load = getattr(out, "expert_load", None) if native else None
+    if load is not None and load.numel():
+        per_layer = load.float()
+        metrics["pretrain/expert_max_over_mean"] = float((per_layer.max(-1).values / per_layer.mean(-1).clamp(min=1e-9)).max())
+    return loss, metrics, load
 
 
 def pretrain(model, documents: Callable[[int, int], list[list[int]]], cfg: PretrainConfig, pad_id: int,
@@ -99,15 +104,13 @@ def pretrain(model, documents: Callable[[int, int], list[list[int]]], cfg: Pretr
         for g in optimizer.param_groups:
             g["lr"] = lr
         ids, mask = pad_right(documents(step, cfg.batch_size), pad_id)
-        loss, metrics = lm_loss(model, ids, mask)
+        loss, metrics, load = lm_loss(model, ids, mask)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip else torch.tensor(0.0)
         optimizer.step()
-        if hasattr(model, "update_expert_bias"):
-            out_load = getattr(model, "last_expert_load", None)
-            if out_load is not None:
-                model.update_expert_bias(out_load)
+        if load is not None and load.numel():
+            model.update_expert_bias(load)  # aux-loss-free balancing, after the step (V3 sec. 2.1.2)
         metrics.update({"pretrain/step": step + 1, "pretrain/lr": lr, "pretrain/grad_norm": float(gnorm),
                         "pretrain/tokens_per_s": float(mask.sum()) / max(1e-9, time.perf_counter() - t0)})
         if on_step:

@@ -172,19 +172,21 @@ def write_report(
     """Write ``report.md`` in ``run_dir`` atomically and return its path.
 
     ``summary`` keys used (all optional): ``"command"`` (the command line), ``"config"`` (else
-    the run's stored config is read), ``"base"`` and ``"final"`` (or ``"before"``/``"after"``),
+    the run's stored config is read), ``"base"`` and ``"final"`` (or ``"before"``/``"after"``):
     dicts with ``"pass@1"``, ``"well_formed"``, ``"thinking"``, ``"mean_length"``;
-    ``"wall_time_s"`` and ``"steps"``. Any other scalar entries are listed under "Other
-    numbers". ``plots`` are embedded with links relative to the report. Sample records show
-    ``"prompt"``, ``"completion"``, ``"reward"`` (and ``"rewards"``, ``"answer"``, ``"step"`` if
-    present); at most ``max_samples`` of each. Raises ``OSError`` if the file cannot be written.
+    ``"wall_time_s"`` (or ``"wall_seconds"``) and ``"steps"``. Other scalar entries are listed
+    under "Other numbers". ``plots`` are embedded with links relative to the report. Sample
+    records show ``"prompt"``, ``"completion"``, ``"reward"`` (and ``"rewards"``, ``"answer"``,
+    ``"step"`` if present); at most ``max_samples`` of each. Raises ``OSError`` if the file
+    cannot be written.
     """
     report = run_dir.report_path
     lines = [f"# {title}", ""]
     facts = [f"Run directory: `{run_dir.path}`"]
     if summary.get("steps") is not None:
         facts.append(f"steps: **{summary['steps']}**")
-    facts.append(f"wall time: **{format_duration(summary.get('wall_time_s'))}**")
+    wall = summary.get("wall_time_s", summary.get("wall_seconds"))
+    facts.append(f"wall time: **{format_duration(wall)}**")
     lines += [" · ".join(facts), ""]
     if summary.get("command"):
         lines += ["```bash", str(summary["command"]), "```", ""]
@@ -202,7 +204,8 @@ def write_report(
     lines += ["## Samples before training", ""] + _samples_section(samples_before, max_samples)
     lines += ["## Samples after training", ""] + _samples_section(samples_after, max_samples)
 
-    skip = {"command", "config", "base", "final", "before", "after", "wall_time_s", "steps"}
+    skip = {"command", "config", "base", "final", "before", "after", "wall_time_s",
+            "wall_seconds", "steps"}
     other = [(k, v) for k, v in _flatten({k: v for k, v in summary.items() if k not in skip})
              if v is None or isinstance(v, (str, int, float, bool))]
     if other:

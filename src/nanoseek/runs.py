@@ -2,8 +2,7 @@
 
 Layout (``RUN_DIR/``)::
 
-    config.toml          the resolved config of this run (config.json if it holds a None; see
-                         ``write_config``)
+    config.toml          the resolved config of this run (see ``RunDir.write_config``)
     metrics.jsonl        one JSON object per step, each with an integer "step"
     samples.jsonl        sampled completions (prompt, completion, reward, step, ...)
     checkpoints/step-N/  a Hugging Face model folder plus trainer_state/, written atomically
@@ -33,15 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from nanoseek import NanoseekError
-from nanoseek.atomic import (
-    TMP_PREFIX,
-    atomic_dir,
-    atomic_write_bytes,
-    atomic_write_json,
-    atomic_write_text,
-    fsync_dir,
-    remove_path,
-)
+from nanoseek.atomic import TMP_PREFIX, atomic_dir, atomic_write_bytes, atomic_write_json
+from nanoseek.atomic import atomic_write_text, fsync_dir, remove_path
 
 __all__ = ["RunDir", "default_path", "dumps_toml", "is_run_dir", "to_jsonable"]
 
@@ -121,7 +113,9 @@ def _is_table_array(v: Any) -> bool:
 def _dump_table(table: dict, prefix: list[str], out: list[str]) -> None:
     # TOML needs a table's plain keys before its sub-tables and arrays of tables.
     for k, v in table.items():
-        if not isinstance(v, dict) and not _is_table_array(v):
+        if v is None:  # TOML has no null: an unset field is left out (its default applies)
+            out.append(f"# {_toml_key(k)} is unset (None)")
+        elif not isinstance(v, dict) and not _is_table_array(v):
             out.append(f"{_toml_key(k)} = {_toml_value(v)}")
     for k, v in table.items():
         path = prefix + [_toml_key(k)]
@@ -138,26 +132,33 @@ def dumps_toml(data: Mapping[str, Any]) -> str:
     """Serialise a nested dict of str/int/float/bool/list/dict as TOML text.
 
     Values go through ``to_jsonable`` first (so paths, tuples, numpy scalars are fine), except that
-    non-finite floats are kept (TOML has ``nan`` and ``inf``). Raises ``TypeError`` for a value
-    TOML cannot hold, notably ``None``. ``tomllib.loads(dumps_toml(d)) == d`` for such dicts.
+    non-finite floats are kept (TOML has ``nan`` and ``inf``). TOML has no null: a ``None`` value
+    in a table is left out (a comment marks it), so loading gives the dataclass default, which
+    for nanoseek's optional fields is ``None``. Raises ``TypeError`` for ``None`` inside a list or
+    another value TOML cannot hold. Otherwise ``tomllib.loads(dumps_toml(d)) == d``.
     """
 
-    def _plain(v: Any) -> Any:  # like to_jsonable, but keeps nan/inf and rejects None
-        if v is None:
-            raise TypeError("TOML cannot hold None")
-        if isinstance(v, float):
+    def _plain(v: Any, in_list: bool) -> Any:  # like to_jsonable, but keeps nan/inf
+        if v is None and in_list:
+            raise TypeError("TOML cannot hold None inside a list")
+        if v is None or isinstance(v, (bool, int, float, str)):
             return v
         if isinstance(v, Mapping):
-            return {str(k): _plain(x) for k, x in v.items()}
+            return {str(k): _plain(x, False) for k, x in v.items()}
         if isinstance(v, (list, tuple)):
-            return [_plain(x) for x in v]
-        v = to_jsonable(v)  # a path, a numpy/torch scalar, a dataclass, ...
-        return v if isinstance(v, (bool, int, str)) else _plain(v)
+            return [_plain(x, True) for x in v]
+        return _plain(to_jsonable(v), in_list)  # a path, a numpy/torch scalar, a dataclass, ...
 
-    plain = _plain(dict(data))
     out: list[str] = []
-    _dump_table(plain, [], out)
+    _dump_table(_plain(dict(data), False), [], out)
     return "\n".join(out).lstrip("\n") + "\n"
+
+
+def _drop_none(v: Any) -> Any:
+    """``v`` with None-valued table entries removed: the form a TOML round trip gives."""
+    if isinstance(v, dict):
+        return {k: _drop_none(x) for k, x in v.items() if x is not None}
+    return [_drop_none(x) for x in v] if isinstance(v, list) else v
 
 
 # --------------------------------------------------------------------------- the run directory
@@ -203,14 +204,11 @@ def _read_jsonl(path: Path) -> list[dict]:
         return []
     records, bad = [], 0
     with open(path, encoding="utf-8") as f:
-        for line in f:
-            if not line.strip():
-                continue
+        for line in filter(str.strip, f):
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError:
-                bad += 1
-                continue
+                rec = None
             if isinstance(rec, dict):
                 records.append(rec)
             else:
@@ -275,9 +273,9 @@ class RunDir:
                     f"run directory {path} is not empty; pass --resume to continue it "
                     "or choose another --out"
                 )
-            run.checkpoints_path.mkdir(parents=True, exist_ok=True)
+            run.write_config(config or {})  # first: a run with a config can always be resumed
+            run.checkpoints_path.mkdir(exist_ok=True)
             run.plots_dir.mkdir(exist_ok=True)
-            run.write_config(config or {})
             fsync_dir(path.parent)
             return run
         if not path.is_dir():
@@ -289,7 +287,8 @@ class RunDir:
             )
         run.checkpoints_path.mkdir(exist_ok=True)
         run.plots_dir.mkdir(exist_ok=True)
-        if config is not None and to_jsonable(config) != to_jsonable(run.read_config()):
+        stored = _drop_none(run.read_config())
+        if config is not None and _drop_none(to_jsonable(config)) != stored:
             old_path = run.config_path  # keep a copy first: a crash must leave a config behind
             prev = old_path.with_name(f"config.previous{old_path.suffix}")
             atomic_write_bytes(prev, old_path.read_bytes())
@@ -298,12 +297,12 @@ class RunDir:
 
     # ---------------------------------------------------------------- config
     def write_config(self, config: Mapping[str, Any]) -> Path:
-        """Write the resolved config atomically and return its path.
+        """Write the resolved config atomically as ``config.toml`` and return its path.
 
-        TOML (``config.toml``) when it can hold every value; TOML has no null, so a config
-        containing ``None`` is written as ``config.json`` instead (an exact round trip either
-        way). The other format's file, if any, is removed. Raises ``TypeError`` for values that
-        are neither (see ``to_jsonable``).
+        ``None`` entries are left out (see ``dumps_toml``), so the file is a recipe that
+        ``nanoseek ... --config`` accepts. A config TOML cannot hold at all (``None`` inside a
+        list) is written as ``config.json`` instead. The other format's file, if any, is removed.
+        Raises ``TypeError`` for values that are neither TOML nor JSON (see ``to_jsonable``).
         """
         if dataclasses.is_dataclass(config) and not isinstance(config, type):
             config = dataclasses.asdict(config)
@@ -409,12 +408,8 @@ class RunDir:
         """Complete checkpoints as ``(step, path)``, oldest first; ``.tmp-*`` folders ignored."""
         if not self.checkpoints_path.is_dir():
             return []
-        found = []
-        for p in self.checkpoints_path.iterdir():
-            m = _STEP_DIR.match(p.name)
-            if m and p.is_dir():
-                found.append((int(m.group(1)), p))
-        return sorted(found)
+        matches = ((_STEP_DIR.match(p.name), p) for p in self.checkpoints_path.iterdir())
+        return sorted((int(m.group(1)), p) for m, p in matches if m and p.is_dir())
 
     def latest_checkpoint(self) -> Path | None:
         """The newest complete checkpoint folder, or ``None`` if there is none.
@@ -467,11 +462,10 @@ class RunDir:
                 continue
             remove_path(p)
             removed.append(p)
-        for p in self.checkpoints_path.glob(f"{TMP_PREFIX}*"):
-            pid = p.name.rsplit("-", 1)[-1]
-            if p.name.endswith("-old"):
-                pid = p.name[: -len("-old")].rsplit("-", 1)[-1]
-            if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+        for p in self.checkpoints_path.glob(f"{TMP_PREFIX}*"):  # .tmp-<name>-<pid>[-old]
+            pid = p.name.removesuffix("-old").rsplit("-", 1)[-1]
+            stale = pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid))
+            if stale and p.is_dir():
                 remove_path(p)
         return removed
 
@@ -495,6 +489,6 @@ def _pid_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except (PermissionError, OSError):
-        return True
+    except OSError:  # PermissionError: it exists but belongs to someone else
+        pass
     return True

@@ -274,10 +274,13 @@ class MultiHeadLatentAttention(nn.Module):
         k_nope, v = kv.split([self.d_nope, self.d_v], dim=-1)
         k = torch.cat([k_nope, k_rope[:, :, None, :].expand(B, S, self.n_heads, self.d_rope)], dim=-1)
         q = torch.cat([q_nope, q_rope], dim=-1)
+        d_qk = q.shape[-1]
+        if self.d_v < d_qk:  # equal head dims let SDPA use its fused CPU kernel (~2x faster here)
+            v = F.pad(v, (0, d_qk - self.d_v))
         out = F.scaled_dot_product_attention(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-            attn_mask=mask, is_causal=mask is None and T > 1, scale=self.scale)  # [B, H, T, d_v]
-        return out.transpose(1, 2)
+            attn_mask=mask, is_causal=mask is None and T > 1, scale=self.scale)  # [B, H, T, d_v (+pad)]
+        return out.transpose(1, 2)[..., : self.d_v]
 
     def _absorbed(self, q_nope, q_rope, latent, k_rope, mask) -> torch.Tensor:
         """Attention in the latent space (W^{UK} into q, W^{UV} after the weighted sum).

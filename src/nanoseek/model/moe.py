@@ -11,9 +11,11 @@ Parameter names are the released checkpoint's: ``gate.weight``, ``gate.e_score_c
 down}_proj``, ``shared_experts.{gate,up,down}_proj`` (the N_s shared experts as one MLP of width
 N_s · moe_intermediate_size, as the V3 code does).
 
-Dispatch: token→expert assignments are sorted by expert once, then one loop over experts runs each
-expert on its contiguous slice and one ``index_add`` scatters the results back (no per-expert
-masks over all tokens, so 64 experts cost about what 8 do at the same top-k).
+Dispatch: token→expert assignments are sorted by expert once, then one loop over the experts that
+got tokens runs each on its contiguous slice; the outputs are un-permuted with one ``index_copy``
+and summed over the k slots (no per-expert masks over all tokens, so 64 experts cost about what 8
+do at the same top-k; ``index_copy`` of a permutation is ~2x faster on CPU than ``index_add``).
+The routed experts are stacked in memory (``RoutedExperts``) but keep per-expert checkpoint names.
 """
 
 from __future__ import annotations
@@ -79,6 +81,69 @@ class TopkRouter(nn.Module):
         return scores, topk_idx, weight * self.scale
 
 
+class RoutedExperts(nn.Module):
+    """The N_r routed SwiGLU experts, stacked in memory for speed, per-expert in ``state_dict``.
+
+    Parameters (in memory): ``w_gate_up [E, D, 2I]`` (gate then up, stored input-major so a token
+    slice is multiplied as ``x @ w``, ~30% faster than ``F.linear`` for the 1-5 token slices of
+    decoding on CPU) and ``w_down [E, I, D]``. ``state_dict()`` / ``load_state_dict()`` use the
+    released names ``{j}.gate_proj.weight [I, D]``, ``{j}.up_proj.weight [I, D]``,
+    ``{j}.down_proj.weight [D, I]`` (views of the stacked tensors; see ``_save_to_state_dict``).
+    """
+
+    def __init__(self, n_experts: int, hidden_size: int, intermediate_size: int, hidden_act: str = "silu") -> None:
+        super().__init__()
+        self.n_experts, self.inter = n_experts, intermediate_size
+        self.w_gate_up = nn.Parameter(torch.empty(n_experts, hidden_size, 2 * intermediate_size))
+        self.w_down = nn.Parameter(torch.empty(n_experts, intermediate_size, hidden_size))
+        self.act = _ACT[hidden_act]
+
+    def __len__(self) -> int:
+        return self.n_experts
+
+    def expert(self, e: int, x: torch.Tensor) -> torch.Tensor:
+        """FFN_e(x) for ``x [n, D]`` -> [n, D]."""
+        h = x @ self.w_gate_up[e]
+        return (self.act(h[:, : self.inter]) * h[:, self.inter:]) @ self.w_down[e]
+
+    def _names(self, prefix: str, e: int) -> tuple[str, str, str]:
+        return (f"{prefix}{e}.gate_proj.weight", f"{prefix}{e}.up_proj.weight", f"{prefix}{e}.down_proj.weight")
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        gu = self.w_gate_up if keep_vars else self.w_gate_up.detach()
+        down = self.w_down if keep_vars else self.w_down.detach()
+        for e in range(self.n_experts):
+            g, u, d = self._names(prefix, e)
+            destination[g] = gu[e, :, : self.inter].t()
+            destination[u] = gu[e, :, self.inter:].t()
+            destination[d] = down[e].t()
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        D, I = self.w_gate_up.shape[1], self.inter
+        want = {"gate": (I, D), "up": (I, D), "down": (D, I)}
+        with torch.no_grad():
+            for e in range(self.n_experts):
+                for key, kind in zip(self._names(prefix, e), ("gate", "up", "down")):
+                    if key not in state_dict:
+                        missing_keys.append(key)
+                        continue
+                    t = state_dict[key]
+                    if tuple(t.shape) != want[kind]:
+                        error_msgs.append(f"size mismatch for {key}: copying a param with shape {tuple(t.shape)}, "
+                                          f"the shape in current model is {want[kind]}.")
+                        continue
+                    if kind == "gate":
+                        self.w_gate_up[e, :, :I].copy_(t.t())
+                    elif kind == "up":
+                        self.w_gate_up[e, :, I:].copy_(t.t())
+                    else:
+                        self.w_down[e].copy_(t.t())
+        if strict:
+            ours = {k for e in range(self.n_experts) for k in self._names(prefix, e)}
+            unexpected_keys.extend(k for k in state_dict if k.startswith(prefix) and k not in ours)
+
+
 class MoE(nn.Module):
     """DeepSeekMoE layer: shared experts + routed experts (V3 eq. 12).
 
@@ -92,8 +157,8 @@ class MoE(nn.Module):
         super().__init__()
         self.n_experts, self.top_k = config.n_routed_experts, config.num_experts_per_tok
         self.gate = TopkRouter(config)
-        self.experts = nn.ModuleList(
-            MLP(config.hidden_size, config.moe_intermediate_size, config.hidden_act) for _ in range(self.n_experts))
+        self.experts = RoutedExperts(self.n_experts, config.hidden_size, config.moe_intermediate_size,
+                                     config.hidden_act)
         self.shared_experts = (
             MLP(config.hidden_size, config.moe_intermediate_size * config.n_shared_experts, config.hidden_act)
             if config.n_shared_experts > 0 else None)
@@ -121,18 +186,15 @@ class MoE(nn.Module):
         Sorted dispatch: assignments are ordered by expert, each expert runs once on its slice.
         """
         N, K = topk_idx.shape
+        if N == 0:
+            return torch.zeros_like(x)
         flat_idx = topk_idx.reshape(-1)
         order = flat_idx.argsort(stable=True)  # [N*K] assignment ids grouped by expert
         counts = torch.bincount(flat_idx, minlength=self.n_experts).tolist()
-        token = order // K  # source token of each sorted assignment
-        xs = x.index_select(0, token)  # [N*K, D]
-        outs, start = [], 0
-        for e, n in enumerate(counts):
-            if n:
-                outs.append(self.experts[e](xs[start:start + n]))
-                start += n
-        ys = torch.cat(outs) * topk_w.reshape(-1)[order, None].to(x.dtype)
-        return torch.zeros_like(x).index_add_(0, token, ys)
+        xs = x.index_select(0, order // K).split(counts)  # per-expert token slices
+        ys = torch.cat([self.experts.expert(e, xe) for e, xe in enumerate(xs) if counts[e]])
+        ys = ys.new_empty(ys.shape).index_copy(0, order, ys).view(N, K, -1)  # un-sort (a permutation)
+        return (ys * topk_w[..., None].to(x.dtype)).sum(1)
 
     def routed_reference(self, x: torch.Tensor, topk_idx: torch.Tensor, topk_w: torch.Tensor) -> torch.Tensor:
         """The plain version of ``routed`` (per expert: mask, gather, add), for tests."""
@@ -140,7 +202,7 @@ class MoE(nn.Module):
         for e in range(self.n_experts):
             tok, slot = (topk_idx == e).nonzero(as_tuple=True)
             if tok.numel():
-                out[tok] += self.experts[e](x[tok]) * topk_w[tok, slot, None].to(x.dtype)
+                out[tok] += self.experts.expert(e, x[tok]) * topk_w[tok, slot, None].to(x.dtype)
         return out
 
     @torch.no_grad()

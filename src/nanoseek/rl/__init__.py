@@ -11,15 +11,19 @@ from nanoseek.rl.advantages import group_advantages, reward_validity
 from nanoseek.rl.grpo import LOSS_TYPES, grpo_loss, token_entropy, token_logprobs
 from nanoseek.rl.kl import kl_k1, kl_k2, kl_k3
 from nanoseek.rl.masks import completion_mask, truncated
+from nanoseek.rl.presets import PRESET_NAMES, preset, preset_sources
 
 __all__ = [
     "LOSS_TYPES",
+    "PRESET_NAMES",
     "completion_mask",
     "group_advantages",
     "grpo_loss",
     "kl_k1",
     "kl_k2",
     "kl_k3",
+    "preset",
+    "preset_sources",
     "reward_validity",
     "token_entropy",
     "token_logprobs",

@@ -147,7 +147,8 @@ class GRPOTrainer:
         batch = build_batch(prompt_ids, [c.token_ids for c in comps], policy.pad_id)
         lengths = torch.tensor([len(c.token_ids) for c in comps])
         truncated = torch.tensor([c.finish_reason == "length" for c in comps])
-        mask = completion_mask(lengths, batch.completion_ids.size(1), drop=~valid_t)
+        drop = ~valid_t | truncated if cfg.mask_truncated_completions else ~valid_t
+        mask = completion_mask(lengths, batch.completion_ids.size(1), drop=drop)
         model = policy.model
         model.train()
         old_logp = ref_logp = None

@@ -1,0 +1,107 @@
+"""The served model: a causal LM, its tokenizer and chat template, and what the server needs to know
+about them (context length, stop ids, whether the template pre-fills ``<think>``, whether answers
+come in ``<answer>`` tags).
+
+The prompt is always rendered with the checkpoint's own chat template
+(``tokenizer.apply_chat_template``). Before rendering, earlier assistant turns lose their reasoning:
+a ``reasoning_content`` field is ignored and a think block written into ``content`` is cut off (the
+DeepSeek API does not put earlier reasoning back into the context, DEEPSEEK.md §3). For R1-Zero
+checkpoints (``answer_tags``) the earlier answer is put back inside ``<answer>…</answer>``, the form
+the model produced it in.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nanoseek.serve.reasoning import ANSWER_CLOSE, ANSWER_OPEN, strip_reasoning
+
+
+class PromptError(ValueError):
+    """The messages cannot be rendered with this model's chat template."""
+
+
+class ChatModel:
+    """A model ready to serve.
+
+    Args:
+        model: nanoseek ``DeepseekV3ForCausalLM`` or ``nanoseek.model.hf.TransformersLM`` (or any
+            module with that calling convention), or None together with ``runner``.
+        tokenizer: a transformers tokenizer with a chat template.
+        name: the served model name (``/v1/models``, the ``model`` field of responses).
+        runner: a ready runner (e.g. ``ScriptedRunner``) instead of ``model``.
+        answer_tags: None = auto (the tokenizer has an ``<answer>`` token or its template mentions it).
+        context_length: None = the model config's ``max_position_embeddings``.
+    """
+
+    def __init__(self, model, tokenizer, name: str = "nanoseek", runner=None, answer_tags: bool | None = None,
+                 context_length: int | None = None) -> None:
+        from nanoseek.tokenizer import stop_token_ids, template_prefills_think
+
+        self.tokenizer, self.name = tokenizer, name
+        self.stop_ids = stop_token_ids(tokenizer)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
+        if runner is None:
+            from nanoseek.serve.runner import ModelRunner
+
+            runner = ModelRunner(model, pad)
+        self.runner = runner
+        self.think_prefilled = template_prefills_think(tokenizer)
+        if answer_tags is None:
+            answer_tags = ANSWER_OPEN in tokenizer.get_vocab() or ANSWER_OPEN in (tokenizer.chat_template or "")
+        self.answer_tags = answer_tags
+        if context_length is None:
+            cfg = getattr(model, "config", None)
+            context_length = getattr(cfg, "max_position_embeddings", None) or getattr(tokenizer, "model_max_length", 2048)
+        self.context_length = int(min(context_length, 10**9))
+
+    @classmethod
+    def load(cls, path: str | Path, name: str | None = None, **kwargs) -> "ChatModel":
+        """Load a run directory, checkpoint folder or Hugging Face folder (``nanoseek.model.hf``)."""
+        from nanoseek.model.hf import load_model, resolve_model_dir
+        from nanoseek.tokenizer import load_tokenizer
+
+        folder = resolve_model_dir(path)
+        model = load_model(path)
+        return cls(model, load_tokenizer(folder), name or default_name(path, folder), **kwargs)
+
+    def decode(self, ids: list[int]) -> str:
+        """Completion text for token ids (special tokens skipped; nanoseek's tags are not special)."""
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def prompt_messages(self, messages: list[dict]) -> list[dict]:
+        """Messages as they go into the chat template: roles normalised, earlier reasoning removed."""
+        out = []
+        for m in messages:
+            role, text = m["role"], m.get("content") or ""
+            if role == "developer":
+                role = "system"
+            if role == "assistant":
+                text = strip_reasoning(text)
+                if self.answer_tags and ANSWER_OPEN not in text:
+                    text = f"{ANSWER_OPEN}{text}{ANSWER_CLOSE}"
+            out.append({"role": role, "content": text})
+        return out
+
+    def prompt_text(self, messages: list[dict]) -> str:
+        try:
+            return self.tokenizer.apply_chat_template(self.prompt_messages(messages), tokenize=False,
+                                                      add_generation_prompt=True)
+        except Exception as e:  # jinja TemplateError: e.g. roles out of order for this template
+            raise PromptError(f"the chat template rejected these messages: {e}") from None
+
+    def encode(self, messages: list[dict]) -> list[int]:
+        """Prompt token ids for a conversation (generation prompt added)."""
+        return self.tokenizer(self.prompt_text(messages), add_special_tokens=False).input_ids
+
+    def engine(self, max_batch: int = 64):
+        from nanoseek.serve.engine import Engine
+
+        return Engine(self.runner, self.decode, self.stop_ids, self.think_prefilled, self.answer_tags, max_batch)
+
+
+def default_name(path: str | Path, folder: Path) -> str:
+    """``<run>-step-N`` for a nanoseek checkpoint (``RUN/checkpoints/step-N``), else the folder name."""
+    if folder.parent.name == "checkpoints":
+        return f"{folder.parent.parent.name}-{folder.name}"
+    return folder.name
