@@ -6,7 +6,10 @@ vocab 32000), float32 on CPU. Both engines decode the same batch (16 prompts of 
 128 new tokens, greedy) after a warm-up run. Also prints the memory-bandwidth floor: weight bytes
 read per decode step divided by the measured copy bandwidth.
 
-    python bench/bench_generate.py [--threads 2] [--batch 16] [--new 128] [--skip-hf]
+    python bench/bench_generate.py [--threads 2] [--gen-threads 1] [--batch 16] [--new 128] [--skip-hf]
+
+On a CPU shared with other busy processes, multi-threaded tiny matmuls stall on descheduled
+threads; compare at ``--threads 1`` there (or give nanoseek ``--gen-threads 1``).
 """
 
 from __future__ import annotations
@@ -64,6 +67,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--prompt", type=int, default=32)
     ap.add_argument("--new", type=int, default=128)
+    ap.add_argument("--gen-threads", type=int, default=None,
+                    help="torch threads inside nanoseek's generate (default: --threads)")
     ap.add_argument("--skip-hf", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -79,7 +84,7 @@ def main() -> None:
 
     generate(model, [p[:8] for p in prompts], SamplingParams(max_new_tokens=8, temperature=0), 0)  # warm-up
     t = time.perf_counter()
-    outs = generate(model, prompts, params, pad_token_id=0)
+    outs = generate(model, prompts, params, pad_token_id=0, num_threads=args.gen_threads)
     ours = n_new / (time.perf_counter() - t)
     assert all(len(o.token_ids) == args.new for o in outs)
     print(f"nanoseek:     {ours:8.1f} new tokens/s  ({args.batch} x {args.new} new, prompt {args.prompt}, greedy)")

@@ -124,3 +124,15 @@ def test_split_reasoning():
     assert split_reasoning("<think>x</think>\\boxed{3}", False) == ("x", "\\boxed{3}")
     assert split_reasoning("still thinking", True) == ("still thinking", "")
     assert split_reasoning("\\boxed{3}", False) == (None, "\\boxed{3}")
+
+
+def test_grading_uses_the_tasks_own_accuracy_reward(data_dir):
+    from nanoseek.evaluate import grade_completions
+    from nanoseek.tasks import get_task
+
+    task = get_task("countdown")
+    ex = task.examples("test")[0]  # numbers [30, 100, 93], target 23
+    assert ex.metadata["nums"] == [30, 100, 93] and ex.metadata["target"] == 23
+    good, bare = "x</think><answer>30 - (100 - 93)</answer>", "x</think><answer>23</answer>"
+    g = grade_completions(task, [ex, ex], [good, bare], think_prefilled=True)
+    assert [r["correct"] for r in g] == [True, False]  # "23" alone equals the target but is no equation

@@ -119,3 +119,15 @@ def test_absorbed_and_naive_decoding_agree(model):
     for a, b in zip(naive, absorbed):
         assert a.token_ids == b.token_ids
         assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
+
+
+def test_num_threads_is_scoped(model):
+    params = SamplingParams(max_new_tokens=6, temperature=0.8, seed=3)
+    before = torch.get_num_threads()
+    a = generate(model, PROMPTS, params, 0)
+    b = generate(model, PROMPTS, params, 0, num_threads=1)
+    assert [x.token_ids for x in a] == [x.token_ids for x in b]
+    assert torch.get_num_threads() == before
+    it = stream_generate(model, PROMPTS, params, 0, num_threads=1)
+    next(it)
+    assert torch.get_num_threads() == before  # restored while the generator is suspended

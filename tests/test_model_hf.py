@@ -249,3 +249,19 @@ def test_other_architectures_are_wrapped(tmp_path):
         with torch.no_grad():
             ref = llama.generate(torch.tensor([p]), max_new_tokens=5, do_sample=False, pad_token_id=0)
         assert c.token_ids == ref[0, len(p):].tolist()
+
+
+def test_load_state_into_keeps_parameter_objects(tmp_path):
+    from nanoseek.model.hf import load_state_into
+
+    cfg = small_config(**CASES["v3"], num_nextn_predict_layers=1)
+    torch.manual_seed(0)
+    src = DeepseekV3ForCausalLM(cfg)
+    save_pretrained(src, tmp_path / "step-3")
+    torch.manual_seed(1)
+    dst = DeepseekV3ForCausalLM(cfg)
+    params = [id(p) for p in dst.parameters()]
+    load_state_into(dst, tmp_path / "step-3")
+    assert [id(p) for p in dst.parameters()] == params
+    for (k, a), b in zip(src.state_dict().items(), dst.state_dict().values()):
+        assert torch.equal(a, b), k

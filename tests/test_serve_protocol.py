@@ -289,3 +289,53 @@ def test_official_openai_client(server):
     with pytest.raises(Exception) as e:
         client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
     assert getattr(e.value, "status_code", None) == 404
+
+
+def test_one_token_crossing_the_boundary_is_sent_as_two_chunks(server):
+    # The stop string holds "。</think> <answer> " back until " 7" disproves it; the released text
+    # then holds the end of the reasoning and the start of the answer in one token's output.
+    body = ask("add", stop=["。</think> <answer> 8"])
+    chunks = stream_chunks(server, body)
+    deltas = [c["choices"][0]["delta"] for c in chunks[1:-1]]
+    i = next(k for k, d in enumerate(deltas) if d.get("content"))
+    assert deltas[i - 1] == {"content": None, "reasoning_content": "。"} and deltas[i]["content"].startswith("7")
+    m = post(server, body).json()["choices"][0]["message"]
+    assert fields_from_stream(chunks) == (m["reasoning_content"], m["content"]) == ("先算 3+4，得到七。", "7（七）")
+
+
+def test_non_stream_client_disconnect_stops_generation(server):
+    engine = server["engine"]
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(server["url"] + "/v1/chat/completions", json=ask("long"), timeout=0.5)
+    t0 = time.monotonic()
+    while engine.active_rows and time.monotonic() - t0 < 5:
+        time.sleep(0.05)
+    assert engine.active_rows == 0 and time.monotonic() - t0 < 1.5
+
+
+@pytest.mark.parametrize("body", [
+    ask("add", seed=2**70), ask("add", seed=-1), ask("add", max_tokens=10**12, n=2),
+    {"messages": [{"role": "user", "content": [{"type": "text", "text": "add"}]}]},  # no model: the served one
+    ask("add", temperature=0, top_p=0.5, presence_penalty=1.0, user="u", thinking={"type": "enabled"}),
+])
+def test_odd_but_valid_requests(server, body):
+    r = post(server, body)
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["message"]["content"] == "7（七）"
+
+
+@pytest.mark.parametrize("body", [
+    ask("add", temperature=float("inf")), ask("add", stop=[1]), ask("add", stop=["a"] * 5),
+    {"model": NAME, "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
+    ask("add", tools=[{"type": "function"}]), ask("add", n=100), ask("add", stream="yes"),
+])
+def test_more_bad_requests(server, body):
+    r = httpx.post(server["url"] + "/v1/chat/completions", content=json.dumps(body), timeout=TIMEOUT)
+    assert r.status_code == 400 and set(r.json()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_deeply_nested_json_and_wrong_method(server):
+    r = httpx.post(server["url"] + "/v1/chat/completions", content=b"[" * 100_000, timeout=TIMEOUT)
+    assert r.status_code == 400
+    r = httpx.get(server["url"] + "/v1/chat/completions", timeout=TIMEOUT)
+    assert r.status_code == 405 and r.json()["error"]["message"]

@@ -15,6 +15,8 @@ import sys
 
 DIM, RESET, BOLD = "\033[2m", "\033[0m", "\033[1m"
 
+_TAGS = {"auto": None, "on": True, "off": False}
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="run directory, checkpoint folder or Hugging Face folder")
@@ -25,6 +27,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="seed of the first reply (later replies use seed + turn)")
     p.add_argument("--hide-thinking", action="store_true", help="do not print the reasoning")
     p.add_argument("--no-color", action="store_true", help="plain text (no ANSI dimming)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default auto: cuda when available)")
+    p.add_argument("--answer-tags", choices=("auto", "on", "off"), default="auto",
+                   help="content = the body of <answer>...</answer> (R1-Zero models); auto: when the tokenizer has the tag")
 
 
 async def _reply(engine, req, show_thinking: bool, color: bool, out=sys.stdout) -> tuple[str | None, str]:
@@ -69,7 +74,7 @@ def run(args) -> int:
 
     if not 0 < args.top_p <= 1 or args.temperature < 0:
         raise NanoseekError("--temperature must be >= 0 and --top-p in (0, 1]")
-    cm = ChatModel.load(args.model)
+    cm = ChatModel.load(args.model, device=args.device, answer_tags=_TAGS[args.answer_tags])
     engine = cm.engine(max_batch=1).start()
     color = not args.no_color and sys.stdout.isatty()
     show = not args.hide_thinking

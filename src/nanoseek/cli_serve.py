@@ -15,6 +15,8 @@ import sys
 
 from nanoseek import NanoseekError
 
+_TAGS = {"auto": None, "on": True, "off": False}
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="run directory, checkpoint folder or Hugging Face folder")
@@ -25,6 +27,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="require 'Authorization: Bearer KEY' on API calls (default: $NANOSEEK_API_KEY, else none)")
     p.add_argument("--max-batch", type=int, default=64, help="most sequences decoded together (default 64)")
     p.add_argument("--context-length", type=int, help="override the model's context length in tokens")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default auto: cuda when available)")
+    p.add_argument("--answer-tags", choices=("auto", "on", "off"), default="auto",
+                   help="content = the body of <answer>...</answer> (R1-Zero models); auto: when the tokenizer has the tag")
 
 
 def run(args) -> int:
@@ -35,7 +40,8 @@ def run(args) -> int:
 
     if args.max_batch < 1:
         raise NanoseekError(f"--max-batch must be at least 1, got {args.max_batch}")
-    cm = ChatModel.load(args.model, name=args.served_model_name, context_length=args.context_length)
+    cm = ChatModel.load(args.model, name=args.served_model_name, device=args.device, context_length=args.context_length,
+                        answer_tags=_TAGS[args.answer_tags])
     app = create_app(cm, api_key=args.api_key, max_batch=args.max_batch)
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:
         print(f"nanoseek serve: warning: listening on {args.host} without --api-key", file=sys.stderr)

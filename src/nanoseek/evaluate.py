@@ -109,8 +109,12 @@ def grade_completions(task, examples, completions: list[str], think_prefilled: b
 
     if style not in STYLES:
         raise ValueError(f"style must be one of {STYLES}, got {style!r}")
-    columns = {"answer": [e.answer for e in examples]}
-    acc = rewards.accuracy_reward(completions, think_prefilled=think_prefilled, **columns)
+    # the task's own accuracy reward (Countdown checks an equation against nums/target), given every
+    # example column as the trainer gives them (TRL protocol, nanoseek.rewards)
+    accuracy = (task.reward_funcs() if hasattr(task, "reward_funcs") else {}).get("accuracy", rewards.accuracy_reward)
+    rows = [e.columns() for e in examples]
+    columns = {k: [r.get(k) for r in rows] for k in dict.fromkeys(k for r in rows for k in r)}
+    acc = accuracy(completions, think_prefilled=think_prefilled, **columns)
     fmt = rewards.format_reward(completions, think_prefilled=think_prefilled)
     out = []
     for c, a, f in zip(completions, acc, fmt):

@@ -339,7 +339,8 @@ def combine_rewards(weights: Mapping[str, float], task=None, **options: Mapping[
 
     Range: the weighted sum of the parts' ranges. An item is ``None`` when any part with a non-zero
     weight is ``None`` for it (the example cannot be judged). The returned callable also exposes
-    ``parts(completions, **columns) -> dict[name, list]`` for logging each component.
+    ``parts(completions, **columns) -> dict[name, list]`` for logging each component and
+    ``combine(parts) -> list`` to sum parts computed once.
     """
     fns = {}
     for name, w in weights.items():
@@ -351,10 +352,11 @@ def combine_rewards(weights: Mapping[str, float], task=None, **options: Mapping[
     def parts(completions, **columns) -> dict[str, list]:
         return {name: fn(completions, **columns) for name, (w, fn) in fns.items()}
 
-    def combined(completions, **columns) -> list:
-        values = parts(completions, **columns)
+    def combine(values: Mapping[str, list]) -> list:
+        """Weighted sum of already computed ``parts`` (None where a weighted part is None)."""
+        n = len(next(iter(values.values()))) if values else 0
         out = []
-        for i in range(len(completions)):
+        for i in range(n):
             total: float | None = 0.0
             for name, (w, _) in fns.items():
                 v = values[name][i]
@@ -367,6 +369,10 @@ def combine_rewards(weights: Mapping[str, float], task=None, **options: Mapping[
             out.append(total)
         return out
 
+    def combined(completions, **columns) -> list:
+        return combine(parts(completions, **columns))
+
     combined.__name__ = "+".join(f"{w:g}*{name}" for name, (w, _) in fns.items()) or "zero"
     combined.parts = parts  # type: ignore[attr-defined]
+    combined.combine = combine  # type: ignore[attr-defined]
     return combined

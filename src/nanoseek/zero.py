@@ -178,9 +178,9 @@ def run_zero(cfg: ZeroConfig, out: str | None = None, resume: bool = False, comm
     start = 0
     latest = run.latest_checkpoint()
     if latest is not None:
-        from nanoseek.model.hf import load_state_into
+        from nanoseek.model.hf import load_model
 
-        load_state_into(policy.model, latest)
+        policy.model.load_state_dict(load_model(latest).state_dict())
         state, rng, meta = load_trainer_state(latest)
         trainer.load_state_dict(state)
         set_rng_state(rng)

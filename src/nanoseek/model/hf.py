@@ -114,7 +114,31 @@ def load_model(path: str | os.PathLike, dtype: torch.dtype | None = torch.float3
     with torch.device("cpu"):
         model = DeepseekV3ForCausalLM(config)
     load_state(model, _read_tensors(d), block)
-    return model.to(device=device, dtype=dtype or torch.float32).eval()
+    model = model.to(device=device, dtype=dtype or torch.float32)
+    for moe in model.moe_layers():  # the router and its bias stay float32 (V3 §3.3: gating in high precision)
+        moe.gate.float()
+    return model.eval()
+
+
+def load_state_into(model: nn.Module, path: str | os.PathLike) -> None:
+    """Copy the weights stored at ``path`` (any path ``load_model`` accepts) into an existing
+    ``model`` in place (resuming: the optimizer keeps pointing at the same parameters).
+
+    The stored config must describe the same architecture; errors name the mismatch.
+    """
+    d = resolve_model_dir(path)
+    if isinstance(model, TransformersLM):
+        other = _load_transformers(d, None, None, "cpu")
+        try:
+            model.hf.load_state_dict(other.hf.state_dict())
+        except RuntimeError as e:
+            raise NanoseekError(f"{d} does not fit the model: {e}") from None
+        return
+    if not isinstance(model, DeepseekV3ForCausalLM):
+        raise NanoseekError(f"load_state_into: cannot load into a {type(model).__name__}")
+    raw = json.loads((d / "config.json").read_text())
+    block = tuple((raw.get("quantization_config") or {}).get("weight_block_size") or (128, 128))
+    load_state(model, _read_tensors(d), block)
 
 
 def _read_tensors(d: Path) -> dict[str, torch.Tensor]:

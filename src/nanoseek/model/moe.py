@@ -97,14 +97,28 @@ class RoutedExperts(nn.Module):
         self.w_gate_up = nn.Parameter(torch.empty(n_experts, hidden_size, 2 * intermediate_size))
         self.w_down = nn.Parameter(torch.empty(n_experts, intermediate_size, hidden_size))
         self.act = _ACT[hidden_act]
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """nn.Linear's default init per expert: U(±1/sqrt(fan_in)) (the model re-inits with N(0, σ))."""
+        nn.init.uniform_(self.w_gate_up, -self.w_gate_up.shape[1] ** -0.5, self.w_gate_up.shape[1] ** -0.5)
+        nn.init.uniform_(self.w_down, -self.inter ** -0.5, self.inter ** -0.5)
 
     def __len__(self) -> int:
         return self.n_experts
 
-    def expert(self, e: int, x: torch.Tensor) -> torch.Tensor:
-        """FFN_e(x) for ``x [n, D]`` -> [n, D]."""
-        h = x @ self.w_gate_up[e]
-        return (self.act(h[:, : self.inter]) * h[:, self.inter:]) @ self.w_down[e]
+    def expert(self, e: int, x: torch.Tensor, weights: tuple | None = None) -> torch.Tensor:
+        """FFN_e(x) for ``x [n, D]`` -> [n, D]. ``weights``: ``self.per_expert()``, if already split."""
+        w_gate_up, w_down = weights if weights is not None else (self.w_gate_up, self.w_down)
+        h = x @ w_gate_up[e]
+        return (self.act(h[:, : self.inter]) * h[:, self.inter:]) @ w_down[e]
+
+    def per_expert(self) -> tuple:
+        """Per-expert weight views. Under autograd they come from one ``unbind`` (its backward is one
+        stack); indexing ``w[e]`` per expert would allocate a full [E, ...] gradient per expert."""
+        if torch.is_grad_enabled() and self.w_gate_up.requires_grad:
+            return self.w_gate_up.unbind(0), self.w_down.unbind(0)
+        return self.w_gate_up, self.w_down
 
     def _names(self, prefix: str, e: int) -> tuple[str, str, str]:
         return (f"{prefix}{e}.gate_proj.weight", f"{prefix}{e}.up_proj.weight", f"{prefix}{e}.down_proj.weight")
@@ -192,7 +206,8 @@ class MoE(nn.Module):
         order = flat_idx.argsort(stable=True)  # [N*K] assignment ids grouped by expert
         counts = torch.bincount(flat_idx, minlength=self.n_experts).tolist()
         xs = x.index_select(0, order // K).split(counts)  # per-expert token slices
-        ys = torch.cat([self.experts.expert(e, xe) for e, xe in enumerate(xs) if counts[e]])
+        w = self.experts.per_expert()
+        ys = torch.cat([self.experts.expert(e, xe, w) for e, xe in enumerate(xs) if counts[e]])
         ys = ys.new_empty(ys.shape).index_copy(0, order, ys).view(N, K, -1)  # un-sort (a permutation)
         return (ys * topk_w[..., None].to(x.dtype)).sum(1)
 

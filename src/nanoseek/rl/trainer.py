@@ -28,32 +28,6 @@ from nanoseek.pretrain import lr_at
 from nanoseek.rl import completion_mask, group_advantages, grpo_loss, token_entropy, token_logprobs
 
 
-def resolve_reward_funcs(task, weights: dict) -> dict:
-    """``{name: (fn, weight)}`` for the configured reward weights; unknown names raise."""
-    available = task.reward_funcs()
-    out = {}
-    for name, w in weights.items():
-        if name not in available:
-            raise NanoseekError(f"unknown reward {name!r} for task {task.name!r}; available: {', '.join(sorted(available))}")
-        out[name] = (available[name], float(w))
-    return out
-
-
-def combine_rewards(per_func: dict[str, list], weights: dict[str, float]) -> tuple[list[float], list[bool]]:
-    """Weighted sum of per-function rewards; a None from any function marks the completion invalid."""
-    n = len(next(iter(per_func.values())))
-    total, valid = [], []
-    for i in range(n):
-        vals = [per_func[k][i] for k in per_func]
-        if any(v is None for v in vals):
-            total.append(0.0)
-            valid.append(False)
-        else:
-            total.append(sum(weights[k] * float(per_func[k][i]) for k in per_func))
-            valid.append(True)
-    return total, valid
-
-
 @dataclass
 class TrainerState:
     """What a checkpoint needs besides the weights: the step and the optimizer (RNG states are
@@ -77,7 +51,9 @@ class GRPOTrainer:
 
     def __init__(self, policy: Policy, task, cfg: GRPOConfig, seed: int = 0, ref_model=None):
         self.policy, self.task, self.cfg, self.seed = policy, task, cfg, seed
-        self.rewards = resolve_reward_funcs(task, cfg.reward_weights)
+        from nanoseek.rewards import combine_rewards
+
+        self.reward_fn = combine_rewards(cfg.reward_weights, task=task)
         self.train_examples = task.examples("train")
         if not self.train_examples:
             raise NanoseekError(f"task {task.name!r} has no train examples")
@@ -133,12 +109,14 @@ class GRPOTrainer:
         for e in examples:
             for k, v in e.columns().items():
                 columns.setdefault(k, []).append(v)
-        per_func = {name: fn(texts, think_prefilled=policy.think_prefilled, **columns) for name, (fn, _) in self.rewards.items()}
+        columns["completion_ids"] = [c.token_ids for c in comps]
+        per_func = self.reward_fn.parts(texts, think_prefilled=policy.think_prefilled, **columns)
         for name, vals in per_func.items():
             if len(vals) != len(texts):
                 raise RuntimeError(f"reward {name} returned {len(vals)} values for {len(texts)} completions")
-        weights = {name: w for name, (_, w) in self.rewards.items()}
-        total, valid = combine_rewards(per_func, weights)
+        combined = self.reward_fn.combine(per_func)
+        valid = [v is not None for v in combined]
+        total = [0.0 if v is None else float(v) for v in combined]
         rewards_t = torch.tensor(total, dtype=torch.float32)
         valid_t = torch.tensor(valid)
         adv = group_advantages(rewards_t, G, scale=cfg.scale_rewards, valid=valid_t)

@@ -125,7 +125,7 @@ async def parse_request(request: Request) -> P.ChatCompletionRequest:
     body = await request.body()
     try:
         data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise P.APIError(400, f"The request body is not valid JSON: {e}", code="invalid_json") from None
     if not isinstance(data, dict):
         raise P.APIError(400, "The request body must be a JSON object.", code="invalid_json")

@@ -38,6 +38,10 @@ class ChatModel:
                  context_length: int | None = None) -> None:
         from nanoseek.tokenizer import stop_token_ids, template_prefills_think
 
+        from nanoseek import NanoseekError
+
+        if not getattr(tokenizer, "chat_template", None):
+            raise NanoseekError(f"the tokenizer of {name!r} has no chat template, so chat prompts cannot be built")
         self.tokenizer, self.name = tokenizer, name
         self.stop_ids = stop_token_ids(tokenizer)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
@@ -56,13 +60,18 @@ class ChatModel:
         self.context_length = int(min(context_length, 10**9))
 
     @classmethod
-    def load(cls, path: str | Path, name: str | None = None, **kwargs) -> "ChatModel":
-        """Load a run directory, checkpoint folder or Hugging Face folder (``nanoseek.model.hf``)."""
+    def load(cls, path: str | Path, name: str | None = None, device: str = "cpu", **kwargs) -> "ChatModel":
+        """Load a run directory, checkpoint folder or Hugging Face folder (``nanoseek.model.hf``) onto
+        ``device`` ("auto": CUDA when available)."""
+        import torch
+
         from nanoseek.model.hf import load_model, resolve_model_dir
         from nanoseek.tokenizer import load_tokenizer
 
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
         folder = resolve_model_dir(path)
-        model = load_model(path)
+        model = load_model(path, device=device)
         return cls(model, load_tokenizer(folder), name or default_name(path, folder), **kwargs)
 
     def decode(self, ids: list[int]) -> str:

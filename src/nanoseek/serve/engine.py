@@ -166,6 +166,8 @@ class Engine:
 
     def _admit(self) -> None:
         """Prefill waiting requests that fit and merge them into the running batch."""
+        if self._rows and not getattr(self.runner, "can_join", True):
+            return  # this model's cache cannot be merged: wait for the running batch to finish
         group, rows = [], len(self._rows)
         while self._waiting and rows + self._waiting[0].req.n <= self.max_batch:
             h = self._waiting.pop(0)
@@ -190,7 +192,9 @@ class Engine:
         expand, new_rows = [], []
         for g, h in enumerate(group):
             r = h.req
-            seeds = [r.seed + i for i in range(r.n)] if r.seed is not None else [random.getrandbits(62) for _ in range(r.n)]
+            # choice i uses seed + i (as nanoseek.generation); any JSON integer is folded into torch's range
+            seeds = ([(r.seed + i) % 2**63 for i in range(r.n)] if r.seed is not None
+                     else [random.getrandbits(62) for _ in range(r.n)])
             for i in range(r.n):
                 gen = torch.Generator(device=logits.device)
                 gen.manual_seed(seeds[i])

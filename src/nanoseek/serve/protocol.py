@@ -5,7 +5,7 @@ Sources: the OpenAI API reference ("Create chat completion", "The chat completio
 ``content`` in ``message`` and ``delta``; ``usage.completion_tokens_details.reasoning_tokens``;
 ``prompt_cache_hit_tokens`` / ``prompt_cache_miss_tokens``), summarised in DEEPSEEK.md §3.
 
-Deviations, all documented in the server's README section: ``temperature``/``top_p`` do act (the
+Deviations from the DeepSeek reasoner: ``temperature``/``top_p`` do act (the
 DeepSeek reasoner ignores them; a small local model needs them); ``logprobs`` and ``tools`` are
 rejected with 400 (as the DeepSeek reasoner does for ``logprobs``); ``max_tokens`` counts reasoning
 and answer together (DeepSeek "now" semantics) and is clamped to the context left after the prompt.

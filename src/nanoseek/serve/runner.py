@@ -62,6 +62,7 @@ class ModelRunner:
         self.native = hasattr(model, "new_cache")
         cfg = getattr(model, "config", None)
         self.vocab_size = getattr(cfg, "vocab_size", None)
+        self.can_join = True  # False for caches we cannot merge (then new requests wait for an idle batch)
 
     @torch.inference_mode()
     def prefill(self, prompts: list[list[int]]) -> tuple[BatchState, torch.Tensor]:
@@ -76,7 +77,9 @@ class ModelRunner:
         cache = self.model.new_cache(B, P + HEADROOM) if self.native else None
         out = self.model(ids, attention_mask=mask.long(), position_ids=positions, past_key_values=cache,
                          use_cache=True, logits_to_keep=1)
-        return BatchState(out.past_key_values, mask, mask.sum(1)), out.logits[:, -1].float()
+        cache = out.past_key_values
+        self.can_join = hasattr(cache, "select") or _is_plain_dynamic(cache)
+        return BatchState(cache, mask, mask.sum(1)), out.logits[:, -1].float()
 
     @torch.inference_mode()
     def decode(self, state: BatchState, tokens: torch.Tensor) -> torch.Tensor:
@@ -94,9 +97,12 @@ class ModelRunner:
         c = state.cache
         if hasattr(c, "select"):  # MLACache
             c.select(idx)
-        else:
-            for layer in _dynamic_layers(c):
+        elif _is_plain_dynamic(c):
+            for layer in c.layers:
                 layer.keys, layer.values = layer.keys[idx], layer.values[idx]
+        else:  # another transformers cache: it can drop rows, but is not trimmed or merged
+            c.batch_select_indices(idx)
+            return BatchState(c, state.mask[idx], state.pos[idx])
         state = BatchState(c, state.mask[idx], state.pos[idx])
         used = state.mask.any(0)
         k = int(used.long().argmax()) if bool(used.any()) else state.mask.shape[1]
@@ -128,6 +134,11 @@ class ModelRunner:
             la.keys = torch.cat([_pad_left(la.keys, S, 2), _pad_left(lb.keys, S, 2)])
             la.values = torch.cat([_pad_left(la.values, S, 2), _pad_left(lb.values, S, 2)])
         return BatchState(ca, mask, pos)
+
+
+def _is_plain_dynamic(cache) -> bool:
+    layers = getattr(cache, "layers", None)
+    return layers is not None and all(type(layer).__name__ == "DynamicLayer" for layer in layers)
 
 
 def _dynamic_layers(cache) -> list:
