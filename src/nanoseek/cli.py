@@ -21,6 +21,12 @@ COMMANDS = {
     "serve": ("nanoseek.cli_serve", "DeepSeek-compatible chat API (streamed reasoning_content) and web chat app for a model"),
     "chat": ("nanoseek.cli_chat", "terminal chat with a model: streamed answer, dimmed reasoning"),
     "eval": ("nanoseek.cli_eval", "evaluate a model or OpenAI-compatible endpoint: pass@1 over k samples, pass@k, cons@k"),
+    "fetch": ("nanoseek.cli_fetch", "convert a short-name model (smollm2-135m) once into the local cache; prints its folder"),
+    "pretrain": ("nanoseek.cli_pretrain", "pretrain a base model (the zero recipe's [model]+[pretrain]) on the task corpus or a text/JSONL corpus"),
+    "sft": ("nanoseek.cli_sft", "supervised fine-tuning on chat JSONL (reasoning_content), loss on completion tokens only"),
+    "sample": ("nanoseek.cli_sample", "rejection sampling: k samples per prompt, keep correct readable ones, decontaminate, write SFT data"),
+    "r1": ("nanoseek.cli_r1", "DeepSeek-R1: cold start, reasoning RL, rejection sampling + SFT, RL; beside R1-Zero"),
+    "distill": ("nanoseek.cli_distill", "distil a teacher into a smaller student by SFT, compared with GRPO alone"),
 }
 
 

@@ -43,7 +43,9 @@ def resolve_config(args) -> tuple[dict, str | None, bool]:
         data = load_config_dict(args.config)
         out, resume = args.out, False
     overrides = list(args.set)
-    if args.task:
+    if args.task and args.task != data.get("task", {}).get("name"):
+        # another task: the recipe's task options (e.g. chain's min_terms) do not carry over
+        data.setdefault("task", {})["options"] = {}
         overrides.append(f"task.name={_q(args.task)}")
     if args.model:
         data["model"] = {"path": args.model}

@@ -60,7 +60,11 @@ class Policy:
     Args:
         model: a ``torch.nn.Module`` called as ``model(input_ids, attention_mask=...)`` returning an
             object with ``.logits`` ``[B, T, V]`` (nanoseek's model or a ``transformers`` LM).
-        tokenizer: a ``transformers`` tokenizer with a chat template.
+        tokenizer: a ``transformers`` tokenizer. With a chat template (nanoseek's R1-Zero template,
+            ChatML for SmolLM2, ...) each question is rendered as a user turn with the generation
+            prompt on; without one the prompt is plain ``question + "\\n"`` (``render_prompt``).
+            Generation stops at the tokenizer's EOS and end-of-turn ids (``stop_token_ids``, e.g.
+            ``<|im_end|>``); padding uses its pad id, else the first stop id.
         system_prompt: optional system message put before every question.
     """
 
@@ -69,6 +73,10 @@ class Policy:
         self.tokenizer = tokenizer
         self.system_prompt = system_prompt
         self.stop_ids = stop_token_ids(tokenizer)
+        if not self.stop_ids:
+            from nanoseek import NanoseekError
+
+            raise NanoseekError("the tokenizer has no EOS token, so completions could never stop")
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
         self.think_prefilled = template_prefills_think(tokenizer)
         from nanoseek.model.transformer import DeepseekV3ForCausalLM

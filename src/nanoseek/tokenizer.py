@@ -85,7 +85,13 @@ def load_tokenizer(path: str | Path):
 
 
 def render_prompt(tokenizer, question: str, system: str | None = None) -> str:
-    """The prompt text for one question with the tokenizer's chat template (generation prompt on)."""
+    """The prompt text for one question with the tokenizer's chat template (generation prompt on).
+
+    A tokenizer without a chat template (a base model's) gets a plain prompt instead: the system
+    text and a newline if given, then ``question + "\\n"``; the model simply continues the text.
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        return (f"{system}\n" if system else "") + question + "\n"
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": question}]
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 

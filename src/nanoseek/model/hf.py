@@ -5,7 +5,10 @@ Accepted paths (DESIGN "Run directory"):
 * a Hugging Face folder: ``config.json`` + ``model.safetensors`` or shards listed in
   ``model.safetensors.index.json``;
 * a checkpoint folder ``RUN_DIR/checkpoints/step-N/`` (an HF folder plus ``trainer_state/``);
-* a run directory ``RUN_DIR`` whose ``checkpoints/latest`` names the newest ``step-N``.
+* a run directory ``RUN_DIR`` whose ``checkpoints/latest`` names the newest ``step-N``, or, before
+  the first GRPO checkpoint, its ``base/`` folder (the model ``nanoseek zero`` pretrained);
+* a short name such as ``smollm2-135m`` (``nanoseek.model.hub``; converted once into the local cache)
+  when no file or folder of that name exists.
 
 ``model_type: deepseek_v3`` loads into nanoseek's ``DeepseekV3ForCausalLM``; any other architecture
 is loaded with ``transformers.AutoModelForCausalLM`` and wrapped (``TransformersLM``) so that
@@ -44,10 +47,16 @@ _MTP_SHARED = ("embed_tokens.weight", "shared_head.head.weight")
 
 # ----------------------------------------------------------------------------------- paths
 def resolve_model_dir(path: str | os.PathLike) -> Path:
-    """The HF folder behind ``path`` (a run dir, a ``checkpoints/step-N`` folder, or an HF folder)."""
+    """The HF folder behind ``path`` (a run dir, a ``checkpoints/step-N`` folder, an HF folder or a
+    short name)."""
     p = Path(path).expanduser()
     if not p.exists():
-        raise NanoseekError(f"model path {str(p)!r} does not exist")
+        from nanoseek.model import hub
+
+        if hub.is_short_name(str(path)):
+            return hub.ensure_model(str(path))
+        raise NanoseekError(f"model path {str(p)!r} does not exist, and it is not a known short name "
+                            f"({', '.join(hub.known_models())})")
     if p.is_file():
         raise NanoseekError(f"model path {str(p)!r} is a file, not a model folder")
     if (p / "config.json").is_file():
@@ -67,8 +76,12 @@ def resolve_model_dir(path: str | os.PathLike) -> Path:
                        key=lambda d: int(re.sub(r"\D", "", d.name) or 0))
         if steps:
             return steps[-1]
+    if (p / "base" / "config.json").is_file() and ckpts != p:  # a run dir before its first GRPO checkpoint
+        return p / "base"
+    if ckpts is not None:
         raise NanoseekError(f"{ckpts} holds no checkpoint (no 'latest' file, no step-N folder with config.json)")
-    raise NanoseekError(f"{str(p)!r} is not a model: no config.json (and not a run directory with checkpoints/)")
+    raise NanoseekError(f"{str(p)!r} is not a model: no config.json (and not a run directory with "
+                        "checkpoints/ or base/)")
 
 
 def _tensor_files(d: Path) -> list[Path]:
@@ -291,8 +304,10 @@ class TransformersLM(nn.Module):
             kwargs[self._cache_kw] = past_key_values
         out = self.hf(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                       use_cache=use_cache, logits_to_keep=logits_to_keep, **kwargs)
-        cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
-        return CausalLMOutput(out.logits.float(), past_key_values=cache if use_cache else None)
+        cache = None
+        if use_cache:  # transformers 5 names it ``cache`` and warns on reading ``past_key_values``
+            cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+        return CausalLMOutput(out.logits.float(), past_key_values=cache)
 
 
 def _load_transformers(d: Path, model_type, dtype, device) -> TransformersLM:

@@ -1,214 +1,298 @@
 """The GRPO step loop: rollout, rewards, group-relative advantages, clipped policy update.
 
-One step (DeepSeek-R1 sec. 2.2.1; DeepSeekMath sec. 4.1): take ``prompts_per_step`` prompts from
-the task's train split; sample ``group_size`` completions for each with the current policy; score
-each completion with the task's rule-based reward functions, weighted by ``reward_weights``; turn
-rewards into group-relative advantages; take ``mu`` gradient steps on the GRPO loss (``mu > 1``
-uses the rollout policy's log-probs as the old policy); log health metrics.
+One step (DeepSeek-R1 sec. 2.2.1; DeepSeekMath sec. 4.1):
+
+1. rollout (``nanoseek.rl.sampling``): take ``prompts_per_step`` prompts from the task's train
+   split, sample ``group_size`` completions each with the current policy, score them with the
+   task's rule-based reward functions weighted by ``reward_weights`` (DAPO dynamic sampling: drop
+   zero-spread groups and draw more);
+2. group-relative advantages (``nanoseek.rl.advantages``);
+3. update (``nanoseek.rl.update``): log-probs of the reference (``beta > 0``) and, for ``mu > 1``
+   or several minibatches, of the rollout policy (the "old" policy); then ``mu`` passes of
+   ``minibatches_per_step`` optimizer steps on the GRPO loss (``nanoseek.rl.grpo``), gradients
+   summed over ranks (``nanoseek.rl.distributed``) and clipped;
+4. health metrics and alarms (``nanoseek.rl.health``).
 
 The loss value itself says little about progress (its advantages are zero-mean per group): read
 the reward, held-out accuracy and completion length instead.
+
+Everything a resumed run needs to continue bit for bit is in ``state_dict()`` (optimizer, step,
+prompt-stream position, alarms, the reference once it has been reset); the learning-rate schedule
+is a function of the step, and rollout randomness comes from per-completion seeds.
 """
 
 from __future__ import annotations
 
 import copy
-import random
+import contextlib
+import dataclasses
+import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from nanoseek import NanoseekError
 from nanoseek.config import GRPOConfig
-from nanoseek.evaluate import sample_seed, think_text
-from nanoseek.generation import SamplingParams
-from nanoseek.policy import Policy, build_batch
+from nanoseek.policy import Policy
 from nanoseek.pretrain import lr_at
-from nanoseek.rl import completion_mask, group_advantages, grpo_loss, token_entropy, token_logprobs
+from nanoseek.rl import distributed
+from nanoseek.rl.advantages import group_advantages
+from nanoseek.rl.grpo import grpo_loss
+from nanoseek.rl.health import Alarms, progress_fields, rollout_metrics
+from nanoseek.rl.sampling import Sampler
+from nanoseek.rl.update import Scorer, local_normaliser, make_micro_batch, normalisers
 
 
 @dataclass
 class TrainerState:
-    """What a checkpoint needs besides the weights: the step and the optimizer (RNG states are
-    saved by the checkpoint code)."""
+    """Counters a checkpoint restores: steps done, and the prompt-stream position (prompts drawn)."""
 
     step: int = 0
-    extra: dict = field(default_factory=dict)
+    data_pos: int = 0
+    ref_resets: int = 0
+
+
+def learning_rate(step: int, cfg: GRPOConfig) -> float:
+    """``warmup_steps`` of linear warm-up, then ``cosine`` (``nanoseek.pretrain.lr_at``) or
+    ``linear`` decay from ``lr`` to ``lr * min_lr_ratio`` at ``steps``."""
+    if cfg.lr_schedule == "cosine" or (cfg.warmup_steps and step < cfg.warmup_steps):
+        return lr_at(step, cfg.steps, cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio)
+    t = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+    return cfg.lr * (1 - (1 - cfg.min_lr_ratio) * t)
 
 
 class GRPOTrainer:
     """Runs GRPO steps on a ``Policy`` for a ``Task``.
 
     Args:
-        policy: the policy to train (its model's parameters are optimised in place).
+        policy: the policy to train (its model's parameters are optimised in place; with
+            ``cfg.lora_r > 0`` its ``transformers`` model is wrapped with LoRA adapters first).
         task: the task whose ``train`` split gives prompts and whose reward functions score them.
         cfg: ``GRPOConfig``.
         seed: run seed; prompt order and every rollout's sampling seed derive from it, so a step's
-            rollouts depend only on (seed, step), not on batch layout or resumption.
-        ref_model: frozen reference for the KL term; None with ``beta > 0`` copies the policy.
+            rollouts depend only on (seed, step), not on batch layout, ranks or resumption.
+        ref_model: frozen reference for the KL term; None with ``beta > 0`` copies the policy (or,
+            with LoRA, uses the base with the adapter disabled). ``beta == 0`` loads none.
+        dist: this process's ``Dist`` (default: from ``torch.distributed`` if initialised).
     """
 
-    def __init__(self, policy: Policy, task, cfg: GRPOConfig, seed: int = 0, ref_model=None):
-        self.policy, self.task, self.cfg, self.seed = policy, task, cfg, seed
-        from nanoseek.rewards import combine_rewards
+    def __init__(self, policy: Policy, task, cfg: GRPOConfig, seed: int = 0, ref_model=None,
+                 dist: distributed.Dist | None = None):
+        from nanoseek.model.hf_fast import supports
 
-        self.reward_fn = combine_rewards(cfg.reward_weights, task=task)
-        self.train_examples = task.examples("train")
-        if not self.train_examples:
-            raise NanoseekError(f"task {task.name!r} has no train examples")
-        self.prompt_ids_cache: dict[int, list[int]] = {}
-        self.order = list(range(len(self.train_examples)))
-        random.Random(seed).shuffle(self.order)
+        self.policy, self.task, self.cfg, self.seed = policy, task, cfg, seed
+        self.dist = dist if dist is not None else distributed.current()
         model = policy.model
-        params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
+        self.lora = cfg.lora_r > 0
+        if self.lora:
+            from nanoseek.lora import apply_lora
+
+            if cfg.ref_reset_every and cfg.beta > 0:
+                raise NanoseekError("grpo.ref_reset_every needs a full reference model; it cannot be combined with LoRA")
+            apply_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
+        generate_fn = None
+        if cfg.fast_rollout and supports(model):
+            from nanoseek.generation_static import generate_static as generate_fn
+        self.sampler = Sampler(policy, task, cfg, seed, self.dist, generate_fn)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
         self.ref_model = None
-        if cfg.beta > 0:
+        if cfg.beta > 0 and not self.lora:
             self.ref_model = ref_model if ref_model is not None else copy.deepcopy(model)
             self.ref_model.eval().requires_grad_(False)
+        self.scorer = Scorer(cfg.share_prompt, cfg.temperature, policy.pad_id)
+        self.alarms = Alarms(enabled=self.dist.is_main)
         self.state = TrainerState()
+        self._loggers = None
 
-    # -- data ---------------------------------------------------------------------------------
+    @property
+    def dropped_long_prompts(self) -> int:
+        """Train prompts left out for being longer than ``max_prompt_length`` tokens."""
+        return self.sampler.dropped_long_prompts
+
     def prompts_for_step(self, step: int) -> list[int]:
-        """Indices (into the train examples) of the prompts of ``step``; the data position is
-        ``step * prompts_per_step`` in a seeded permutation, re-shuffled each epoch."""
+        """Example indices of step ``step``'s prompts without dynamic sampling (stream positions
+        ``step * prompts_per_step ...``)."""
         n = self.cfg.prompts_per_step
-        out = []
-        for k in range(step * n, (step + 1) * n):
-            epoch, pos = divmod(k, len(self.order))
-            if epoch == 0:
-                out.append(self.order[pos])
-            else:
-                perm = list(range(len(self.order)))
-                random.Random(self.seed * 7919 + epoch).shuffle(perm)
-                out.append(perm[pos])
-        return out
-
-    def _prompt_ids(self, idx: int) -> list[int]:
-        if idx not in self.prompt_ids_cache:
-            self.prompt_ids_cache[idx] = self.policy.encode_prompts([self.train_examples[idx].prompt])[0]
-        return self.prompt_ids_cache[idx]
+        return [self.sampler.example_at(k) for k in range(step * n, (step + 1) * n)]
 
     # -- one step -----------------------------------------------------------------------------
     def step(self, step: int) -> tuple[dict, list[dict]]:
-        """Run GRPO step ``step`` (0-based). Returns ``(metrics, sample_records)``."""
-        cfg, policy, G = self.cfg, self.policy, self.cfg.group_size
+        """Run GRPO step ``step`` (0-based). Returns ``(metrics, sample_records)`` (the same on every rank)."""
+        cfg, G = self.cfg, self.cfg.group_size
         t0 = time.perf_counter()
-        idxs = self.prompts_for_step(step)
-        examples = [self.train_examples[i] for i in idxs for _ in range(G)]
-        prompt_ids = [self._prompt_ids(i) for i in idxs for _ in range(G)]
-        seeds = [sample_seed(self.seed * 1_000_003 + step, i, j) for i in idxs for j in range(G)]
-        params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                                stop_token_ids=list(policy.stop_ids))
-        comps = policy.generate(prompt_ids, params, seeds=seeds)
-        texts = [policy.decode(c.token_ids) for c in comps]
-        t_rollout = time.perf_counter()
-
-        columns: dict[str, list] = {}
-        for e in examples:
-            for k, v in e.columns().items():
-                columns.setdefault(k, []).append(v)
-        columns["completion_ids"] = [c.token_ids for c in comps]
-        per_func = self.reward_fn.parts(texts, think_prefilled=policy.think_prefilled, **columns)
-        for name, vals in per_func.items():
-            if len(vals) != len(texts):
-                raise RuntimeError(f"reward {name} returned {len(vals)} values for {len(texts)} completions")
-        combined = self.reward_fn.combine(per_func)
-        valid = [v is not None for v in combined]
-        total = [0.0 if v is None else float(v) for v in combined]
-        rewards_t = torch.tensor(total, dtype=torch.float32)
-        valid_t = torch.tensor(valid)
-        adv = group_advantages(rewards_t, G, scale=cfg.scale_rewards, valid=valid_t)
-        t_reward = time.perf_counter()
-
-        batch = build_batch(prompt_ids, [c.token_ids for c in comps], policy.pad_id)
-        lengths = torch.tensor([len(c.token_ids) for c in comps])
-        truncated = torch.tensor([c.finish_reason == "length" for c in comps])
-        drop = ~valid_t | truncated if cfg.mask_truncated_completions else ~valid_t
-        mask = completion_mask(lengths, batch.completion_ids.size(1), drop=drop)
-        model = policy.model
-        model.train()
-        old_logp = ref_logp = None
-        with torch.no_grad():
-            if cfg.mu > 1:
-                old_logp = token_logprobs(policy.completion_logits(batch), batch.completion_ids)
-            if self.ref_model is not None:
-                out = self.ref_model(batch.input_ids, attention_mask=batch.attention_mask)
-                ref_logp = token_logprobs(out.logits[:, batch.prompt_len - 1:-1].float(), batch.completion_ids)
-        lr = lr_at(step, cfg.steps, cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio)
-        for g in self.optimizer.param_groups:
-            g["lr"] = lr
-        loss_metrics: dict = {}
-        for _ in range(cfg.mu):
-            logits = policy.completion_logits(batch)
-            logp = token_logprobs(logits, batch.completion_ids)
-            loss, lm = grpo_loss(logp, old_logp, adv, mask, ref_logp, loss_type=cfg.loss_type,
-                                 epsilon_low=cfg.epsilon_low, epsilon_high=cfg.epsilon_high, beta=cfg.beta,
-                                 max_completion_length=cfg.max_new_tokens)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip else torch.tensor(0.0)
-            self.optimizer.step()
-            loss_metrics = {k: float(v) for k, v in lm.items()}
-        with torch.no_grad():
-            ent = token_entropy(logits.detach())
-            m = mask.float()
-            entropy = float((ent * m).sum() / m.sum().clamp(min=1))
+        ro = self.sampler.collect(step, self.state.data_pos)
+        t_roll = time.perf_counter()
+        minibatches = self._minibatches(ro)
+        stats, gnorm, lr = self._update(step, minibatches)
         t_update = time.perf_counter()
         if cfg.ref_reset_every and self.ref_model is not None and (step + 1) % cfg.ref_reset_every == 0:
-            self.ref_model.load_state_dict(model.state_dict())
+            self.ref_model.load_state_dict(self.policy.model.state_dict())  # R1-Nature Methods: every 400 steps
+            self.state.ref_resets += 1
 
-        metrics = self._metrics(step, total, valid, per_func, comps, texts, lengths, truncated, loss, loss_metrics,
-                                gnorm, lr, entropy, t0, t_rollout, t_reward, t_update)
-        samples = [{"step": step + 1, "prompt": examples[k].prompt, "answer": examples[k].answer, "completion": texts[k],
-                    "reward": total[k], **{f"reward/{n}": per_func[n][k] for n in per_func}}
-                   for k in range(0, min(len(texts), cfg.log_samples * G), G)]
+        metrics = {"step": step + 1, **rollout_metrics(ro.sampled, ro.kept, ro.rounds, ro.grader)}
+        metrics.update(stats)
+        n_tok = sum(x for s in ro.sampled for x in s["lengths"])
+        metrics.update({
+            "grad_norm": gnorm, "lr": lr, "tokens_per_s": n_tok / max(1e-9, t_update - t0),
+            "time/rollout": ro.time_rollout, "time/reward": ro.time_reward, "time/update": t_update - t_roll,
+            "data/position": ro.data_pos, "data/dropped_long_prompts": self.dropped_long_prompts,
+        })
+        fired = self.alarms.check(metrics)
+        if fired:
+            metrics["alarms"] = fired
         self.state.step = step + 1
-        return metrics, samples
+        self.state.data_pos = ro.data_pos
+        return metrics, self.sampler.sample_records(step, ro.kept)
 
-    def _metrics(self, step, total, valid, per_func, comps, texts, lengths, truncated, loss, lm, gnorm, lr, entropy,
-                 t0, t_rollout, t_reward, t_update) -> dict:
-        G = self.cfg.group_size
-        r = torch.tensor(total)
-        groups = r.view(-1, G)
-        think = [think_text(t, self.policy.think_prefilled) for t in texts]
-        n_tok = int(lengths.sum())
-        out = {
-            "step": step + 1,
-            "reward/mean": float(r.mean()),
-            "reward/std": float(r.std()) if r.numel() > 1 else 0.0,
-            "reward/zero_spread_groups": float((groups.max(1).values == groups.min(1).values).float().mean()),
-            "reward/invalid": float(1 - sum(valid) / len(valid)),
-            "completion/mean_length": float(lengths.float().mean()),
-            "completion/min_length": int(lengths.min()),
-            "completion/max_length": int(lengths.max()),
-            "completion/truncated": float(truncated.float().mean()),
-            "completion/thinking": sum(bool(t and t.strip()) for t in think) / len(think),
-            "loss": float(loss.detach()),
-            "entropy": entropy,
-            "grad_norm": float(gnorm),
-            "lr": lr,
-            "tokens_per_s": n_tok / max(1e-9, t_update - t0),
-            "time/rollout": t_rollout - t0,
-            "time/reward": t_reward - t_rollout,
-            "time/update": t_update - t_reward,
-        }
-        for name, vals in per_func.items():
-            vv = [v for v in vals if v is not None]
-            out[f"reward/{name}"] = sum(vv) / max(1, len(vv))
-        out.update(lm)
+    def _minibatches(self, ro) -> list[tuple[float, list]]:
+        """``[(global normaliser, [MicroBatch, ...]), ...]``: one entry per optimizer step."""
+        cfg, G = self.cfg, self.cfg.group_size
+        kept = ro.kept
+        rewards = torch.tensor([0.0 if r is None else r for s in kept for r in s["rewards"]], dtype=torch.float32)
+        valid = torch.tensor([r is not None for s in kept for r in s["rewards"]], dtype=torch.bool)
+        adv = group_advantages(rewards, G, scale=cfg.scale_rewards, valid=valid) if len(kept) else rewards
+        where = {s["pos"]: k for k, s in enumerate(kept)}
+        M = max(1, min(cfg.minibatches_per_step, len(kept)))
+        out = []
+        for m in range(M):
+            span = range(m * len(kept) // M, (m + 1) * len(kept) // M)
+            norm = normalisers([kept[k] for k in span], cfg.loss_type, cfg.max_new_tokens,
+                               cfg.mask_truncated_completions)["value"]
+            mine = [g for g in ro.local if where[g.pos] in span]
+            A = max(1, min(cfg.grad_accumulation_steps, len(mine)))
+            mbs = []
+            for a in range(A):
+                chunk = mine[a * len(mine) // A:(a + 1) * len(mine) // A]
+                if not chunk:
+                    continue
+                ks = [where[g.pos] for g in chunk]
+                a_t = torch.cat([adv[k * G:(k + 1) * G] for k in ks])
+                drop = torch.tensor([r is None or (cfg.mask_truncated_completions and t)
+                                     for g in chunk for r, t in zip(g.rewards, g.truncated)])
+                mbs.append(make_micro_batch([g.prompt_ids for g in chunk],
+                                            [[c.token_ids for c in g.completions] for g in chunk],
+                                            a_t, drop, self.policy.pad_id))
+            out.append((float(norm), mbs))
         return out
+
+    def _ref_context(self):
+        if self.lora:
+            from nanoseek.lora import adapter_disabled
+
+            return adapter_disabled(self.policy.model)
+        return contextlib.nullcontext()
+
+    def _update(self, step: int, minibatches) -> tuple[dict, float, float]:
+        cfg, model = self.cfg, self.policy.model
+        model.train()
+        mbs = [mb for _, group in minibatches for mb in group]
+        need_old = cfg.mu > 1 or len(minibatches) > 1
+        old, ref = {}, {}
+        with torch.no_grad():
+            for i, mb in enumerate(mbs):
+                if need_old:
+                    old[i] = self.scorer(model, mb)[0]
+                if cfg.beta > 0:
+                    with self._ref_context():
+                        ref[i] = self.scorer(self.ref_model if self.ref_model is not None else model, mb)[0]
+        lr = learning_rate(step, cfg)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        # sums over micro-batches and ranks: loss, clip fractions, ratio, kl (token-weighted), entropy
+        acc = torch.zeros(9, dtype=torch.float64)
+        gnorm = 0.0
+        native = hasattr(model, "update_expert_bias")
+        for epoch in range(cfg.mu):
+            i = 0
+            for norm, group in minibatches:
+                self.optimizer.zero_grad(set_to_none=True)
+                load_sum = None
+                for mb in group:
+                    logp, ent, load = self.scorer(model, mb, entropy=epoch == 0)
+                    loss, lm = grpo_loss(logp, old.get(i), mb.advantages, mb.mask, ref.get(i), loss_type=cfg.loss_type,
+                                         epsilon_low=cfg.epsilon_low, epsilon_high=cfg.epsilon_high, beta=cfg.beta,
+                                         max_completion_length=cfg.max_new_tokens,
+                                         kl_importance_weight=cfg.kl_importance_weight)
+                    scale = local_normaliser(mb, cfg.loss_type, cfg.max_new_tokens) / norm if norm else 0.0
+                    if scale:
+                        (loss * scale if scale != 1.0 else loss).backward()
+                    tok = float(mb.mask.sum())
+                    acc[0] += float(loss.detach()) * scale
+                    for j, key in enumerate(("clip_ratio/low", "clip_ratio/high", "clip_ratio/region", "ratio", "kl")):
+                        if key in lm:
+                            acc[1 + j] += float(lm[key]) * tok
+                    acc[6] += tok
+                    if ent is not None:
+                        lmask = torch.arange(ent.shape[1])[None, :] < mb.lengths[:, None]
+                        acc[7] += float((ent.double() * lmask).sum())
+                        acc[8] += float(lmask.sum())
+                    if load is not None and cfg.expert_bias_update:
+                        load_sum = load.detach() if load_sum is None else load_sum + load.detach()
+                    i += 1
+                self.dist.sum_grads(self.params)
+                clip = cfg.grad_clip if cfg.grad_clip else math.inf
+                gnorm = float(torch.nn.utils.clip_grad_norm_(self.params, clip))
+                self.optimizer.step()
+                if native and cfg.expert_bias_update:
+                    self._update_expert_bias(model, load_sum)
+        self.dist.all_reduce_sum(acc)
+        tok = float(acc[6])
+        nan = float("nan")  # no token in the loss (e.g. every group dropped): stored as null
+        stats = {"loss": float(acc[0]) / (cfg.mu * len(minibatches)),
+                 "clip_ratio/low": float(acc[1]) / tok if tok else nan,
+                 "clip_ratio/high": float(acc[2]) / tok if tok else nan,
+                 "clip_ratio/region": float(acc[3]) / tok if tok else nan,
+                 "ratio": float(acc[4]) / tok if tok else nan,
+                 "entropy": float(acc[7]) / float(acc[8]) if acc[8] else nan}
+        if cfg.beta > 0:
+            stats["kl"] = float(acc[5]) / tok if tok else nan
+        return stats, gnorm, lr
+
+    def _update_expert_bias(self, model, load) -> None:
+        """DeepSeekMoE balancing-bias step with the expert loads summed over ranks (V3 sec. 2.1.2)."""
+        n_layers = len(model.moe_layers())
+        if not n_layers:
+            return
+        if load is None:
+            load = torch.zeros(n_layers, model.config.n_routed_experts)
+        self.dist.all_reduce_sum(load)
+        model.update_expert_bias(load)
+
+    # -- logging ------------------------------------------------------------------------------
+    @staticmethod
+    def progress_fields(metrics: dict) -> dict:
+        """Numbers for the progress line (``nanoseek.rl.health.progress_fields``)."""
+        return progress_fields(metrics)
+
+    def log_external(self, metrics: dict, run_dir) -> None:
+        """Send ``metrics`` to TensorBoard / W&B (``cfg.report_to``; rank 0 only, skipped cleanly
+        when the package is missing)."""
+        if not self.cfg.report_to or not self.dist.is_main:
+            return
+        if self._loggers is None:
+            from nanoseek.rl.loggers import ExternalLoggers
+
+            self._loggers = ExternalLoggers(self.cfg.report_to, run_dir, dataclasses.asdict(self.cfg))
+        self._loggers.log(metrics)
 
     # -- checkpoint state ---------------------------------------------------------------------
     def state_dict(self) -> dict:
-        sd = {"step": self.state.step, "optimizer": self.optimizer.state_dict()}
-        if self.ref_model is not None and self.cfg.ref_reset_every:
+        """Optimizer, counters, alarms, the GRPO config, and the reference once it was reset
+        (before that it is the base model, which the recipe reloads)."""
+        sd = {"step": self.state.step, "data_pos": self.state.data_pos, "ref_resets": self.state.ref_resets,
+              "optimizer": self.optimizer.state_dict(), "alarms": self.alarms.state_dict(),
+              "config": dataclasses.asdict(self.cfg)}
+        if self.ref_model is not None and self.state.ref_resets:
             sd["ref_model"] = self.ref_model.state_dict()
         return sd
 
     def load_state_dict(self, sd: dict) -> None:
         self.state.step = int(sd["step"])
+        self.state.data_pos = int(sd.get("data_pos", self.state.step * self.cfg.prompts_per_step))
+        self.state.ref_resets = int(sd.get("ref_resets", 0))
         self.optimizer.load_state_dict(sd["optimizer"])
+        self.alarms.load_state_dict(sd.get("alarms", {}))
         if "ref_model" in sd and self.ref_model is not None:
             self.ref_model.load_state_dict(sd["ref_model"])

@@ -1,7 +1,7 @@
 """The built-in task of the CPU default recipe: chains of additions and subtractions modulo 10.
 
 A problem reads ``What is 7+3-9+2+5 mod 10?``; the answer is one digit. Written out step by step
-(``7+3=0 0-9=1 1+2=3 3+5=8``) each step is a single-digit lookup, which a small model learns
+as running values (``7 0 1 3 8``) each step is a single-digit lookup, which a small model learns
 reliably; answered directly, the model must compose every step inside one forward pass, which a
 small model cannot do much better than chance. The pretraining corpus mixes both styles, so the
 base model sometimes thinks and sometimes guesses; RL with a rule-based accuracy reward has
@@ -59,8 +59,16 @@ class ChainProblem:
         return steps[-1][3] if steps else self.digits[0] % self.modulus
 
     def worked(self) -> str:
-        """Reasoning text: one ``a+b=c`` per step, separated by spaces."""
-        return " ".join(f"{a}{op}{d}={c}" for a, op, d, c in self.steps())
+        """Reasoning text: the running value after each term, separated by spaces.
+
+        ``7+3-9+2`` gives ``7 0 1 3``. Each value sits exactly as many tokens after the term it
+        adds as every other value does (two tokens per term in the question, two per value here),
+        so a small model with relative positions (RoPE) learns to read the right term; a wordier
+        ``7+3=0 0-9=1`` step format drifts further from its term with every step and is learned
+        far more slowly.
+        """
+        values = [self.digits[0] % self.modulus] + [c for _, _, _, c in self.steps()]
+        return " ".join(str(v) for v in values)
 
 
 class ChainTask(Task):

@@ -1,0 +1,135 @@
+"""The GRPO policy update: micro-batches of whole groups, log-probs, globally normalised loss.
+
+A step's kept groups (global order) are split into ``minibatches_per_step`` optimizer steps, each
+into ``grad_accumulation_steps`` micro-batches per rank. Each micro-batch's ``grpo_loss`` is
+rescaled to the normaliser of its whole optimizer step across ranks (completions for ``grpo``,
+tokens for ``bnpo`` / ``dapo``, completions x ``max_new_tokens`` for ``dr_grpo``), so the summed
+gradient equals the one-batch, one-process gradient whatever the split (tested in
+``tests/test_ddp.py``); with one micro-batch on one rank the scale is exactly 1.
+
+Log-probs (``Scorer``): ``share_prompt`` with a Llama-family ``transformers`` model runs each
+distinct prompt once per micro-batch (``nanoseek.model.hf_fast``); otherwise the plain forward
+over left-padded ``[prompt; completion]`` rows (``nanoseek.policy.build_batch``), which also
+returns DeepSeekMoE expert loads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from nanoseek.rl.grpo import token_entropy, token_logprobs
+from nanoseek.rl.masks import completion_mask
+
+
+@dataclass
+class MicroBatch:
+    """Whole groups of one rank. Shapes: ``U`` prompts, ``B`` completions, ``P``/``C`` padded lengths.
+
+    prompt_ids/prompt_mask ``[U, P]`` (left-padded); group ``[B]`` (prompt of each completion);
+    completion_ids ``[B, C]`` (right-padded); lengths ``[B]``; mask ``[B, C]`` bool loss mask (rows
+    of dropped completions all False); advantages ``[B]``; rows: ``(prompt ids, completion ids)``
+    per completion for the plain forward.
+    """
+
+    prompt_ids: Tensor
+    prompt_mask: Tensor
+    group: Tensor
+    completion_ids: Tensor
+    lengths: Tensor
+    mask: Tensor
+    advantages: Tensor
+    rows: list[tuple[list[int], list[int]]]
+
+    @property
+    def size(self) -> int:
+        return int(self.group.numel())
+
+
+def make_micro_batch(prompts: list[list[int]], completions: list[list[list[int]]], advantages: Tensor,
+                     drop: Tensor, pad_id: int) -> MicroBatch:
+    """Tensors for groups ``prompts[u]`` with completions ``completions[u]`` (flat ``advantages``
+    and ``drop`` ``[B]`` in the same order). The loss mask comes from lengths, never token values."""
+    U = len(prompts)
+    P = max(len(p) for p in prompts)
+    flat = [c for cs in completions for c in cs]
+    C = max(1, max(len(c) for c in flat))
+    pids = torch.full((U, P), pad_id, dtype=torch.long)
+    pmask = torch.zeros((U, P), dtype=torch.long)
+    for u, p in enumerate(prompts):
+        pids[u, P - len(p):] = torch.tensor(p, dtype=torch.long)
+        pmask[u, P - len(p):] = 1
+    cids = torch.full((len(flat), C), pad_id, dtype=torch.long)
+    for b, c in enumerate(flat):
+        if c:
+            cids[b, :len(c)] = torch.tensor(c, dtype=torch.long)
+    group = torch.tensor([u for u, cs in enumerate(completions) for _ in cs], dtype=torch.long)
+    lengths = torch.tensor([len(c) for c in flat], dtype=torch.long)
+    rows = [(prompts[u], c) for u, cs in enumerate(completions) for c in cs]
+    return MicroBatch(pids, pmask, group, cids, lengths, completion_mask(lengths, C, drop=drop), advantages, rows)
+
+
+class Scorer:
+    """Per-token log-probs (and entropies) of a micro-batch's completions under a model.
+
+    Args:
+        share_prompt: use the shared-prompt forward when the model supports it.
+        temperature: logits are divided by it, as when sampling (TRL does the same).
+        pad_id: pad token for the plain forward.
+    """
+
+    def __init__(self, share_prompt: bool, temperature: float, pad_id: int):
+        self.share_prompt, self.temperature, self.pad_id = share_prompt, temperature, pad_id
+
+    def logits(self, model, mb: MicroBatch) -> tuple[Tensor, Tensor | None]:
+        """``([B, C, V] float32 logits predicting each completion token, expert_load or None)``."""
+        from nanoseek.model.hf_fast import FastLM, supports
+
+        if self.share_prompt and supports(model):
+            return FastLM(model).completion_logits(mb.prompt_ids, mb.prompt_mask, mb.group, mb.completion_ids), None
+        from nanoseek.policy import build_batch
+
+        batch = build_batch([p for p, _ in mb.rows], [c for _, c in mb.rows], self.pad_id)
+        out = model(batch.input_ids, attention_mask=batch.attention_mask)
+        return out.logits[:, batch.prompt_len - 1:-1].float(), getattr(out, "expert_load", None)
+
+    def __call__(self, model, mb: MicroBatch, entropy: bool = False):
+        """``(logp [B, C], entropy [B, C] or None, expert_load or None)``; entropy is computed
+        without gradient."""
+        logits, load = self.logits(model, mb)
+        logp = token_logprobs(logits, mb.completion_ids, self.temperature)
+        ent = None
+        if entropy:
+            with torch.no_grad():
+                ent = token_entropy(logits.detach(), self.temperature)
+        return logp, ent, load
+
+
+def normalisers(kept: list[dict], loss_type: str, max_new_tokens: int, mask_truncated: bool) -> dict:
+    """The loss normaliser of an optimizer step over groups ``kept`` (summaries, every rank):
+    completions with tokens in the loss (``grpo``), tokens (``bnpo``/``dapo``), completions x
+    ``max_new_tokens`` (``dr_grpo``)."""
+    rows = toks = n = 0
+    for s in kept:
+        for r, length, trunc in zip(s["rewards"], s["lengths"], s["truncated"]):
+            n += 1
+            if r is None or (mask_truncated and trunc) or length == 0:
+                continue
+            rows += 1
+            toks += length
+    if loss_type == "grpo":
+        return {"value": rows}
+    if loss_type == "dr_grpo":
+        return {"value": n * max_new_tokens}
+    return {"value": toks}
+
+
+def local_normaliser(mb: MicroBatch, loss_type: str, max_new_tokens: int) -> float:
+    """The same quantity for one micro-batch (what ``grpo_loss`` divides by there)."""
+    if loss_type == "grpo":
+        return float((mb.mask.sum(1) > 0).sum().clamp(min=1))
+    if loss_type == "dr_grpo":
+        return float(mb.size * max_new_tokens)
+    return float(mb.mask.sum().clamp(min=1))

@@ -1,0 +1,213 @@
+"""GRPO trainer: behaviour on a toy reward, masks, presets, dynamic sampling, overlong handling,
+stop strings, prompt-length filtering, gradient accumulation, health alarms, logging backends."""
+
+import io
+
+import pytest
+import torch
+
+from nanoseek import NanoseekError
+from nanoseek.config import GRPOConfig, build_zero_config
+from nanoseek.policy import build_batch
+from nanoseek.rl import token_logprobs
+from nanoseek.rl.health import Alarms
+from nanoseek.rl.trainer import GRPOTrainer, learning_rate
+from test_trainer_helpers import ToyTask, flat_params, native_policy, qwen_policy, tokenizer, toy_config
+
+torch.set_num_threads(1)
+
+
+@pytest.mark.parametrize("make", [qwen_policy, native_policy])
+def test_left_padded_logprobs_equal_each_sequence_alone(make):
+    policy = make()
+    prompts = [[5, 9, 33, 40, 41], [7, 8], [100, 101, 102]]
+    comps = [[50, 51, 52], [60, 61, 62, 63, 64, 65], [0, 70]]  # a pad id (0) inside a completion is a token
+    batch = build_batch(prompts, comps, policy.pad_id)
+    with torch.no_grad():
+        together = token_logprobs(policy.completion_logits(batch), batch.completion_ids)
+        for i, (p, c) in enumerate(zip(prompts, comps)):
+            one = build_batch([p], [c], policy.pad_id)
+            alone = token_logprobs(policy.completion_logits(one), one.completion_ids)[0]
+            torch.testing.assert_close(together[i, :len(c)], alone[:len(c)], atol=1e-5, rtol=0)
+    assert batch.completion_mask.sum(1).tolist() == [3, 6, 2]  # from lengths, not token values
+
+
+@pytest.mark.parametrize("make", [qwen_policy, native_policy])
+def test_grpo_steps_raise_toy_reward(make):
+    policy = make()
+    steps = 12 if make is qwen_policy else 8
+    tr = GRPOTrainer(policy, ToyTask(), toy_config(steps=steps, lr=2e-2 if make is qwen_policy else 3e-2), seed=0)
+    before = flat_params(policy.model)
+    rewards = [tr.step(s)[0]["reward/mean"] for s in range(steps)]
+    assert not torch.equal(before, flat_params(policy.model))
+    assert sum(rewards[-3:]) / 3 > sum(rewards[:3]) / 3 + 0.1, rewards
+    assert tr.state.step == steps and tr.state.data_pos == steps * 4
+
+
+def test_metrics_and_samples():
+    tr = GRPOTrainer(qwen_policy(), ToyTask(), toy_config(beta=0.04), seed=0)
+    m, samples = tr.step(0)
+    for key in ("reward/mean", "reward/std", "reward/even", "reward/zero_spread_groups", "completion/truncated",
+                "completion/mean_length", "completion/min_length", "completion/max_length", "entropy", "kl",
+                "clip_ratio/low", "clip_ratio/high", "grad_norm", "lr", "tokens_per_s", "time/rollout",
+                "time/reward", "time/update", "grader/timeouts", "grader/parse_failures", "loss"):
+        assert key in m, key
+    assert m["step"] == 1 and m["kl"] == pytest.approx(0.0, abs=1e-6)  # the reference is the policy at step 0
+    assert len(samples) == 1 and samples[0]["prompt"].startswith("pick")
+
+
+def test_beta_zero_loads_no_reference_and_reset_replaces_it():
+    assert GRPOTrainer(qwen_policy(), ToyTask(), toy_config(beta=0.0), seed=0).ref_model is None
+    policy = qwen_policy()
+    tr = GRPOTrainer(policy, ToyTask(), toy_config(beta=0.04, ref_reset_every=2), seed=0)
+    tr.step(0)
+    assert not torch.equal(flat_params(tr.ref_model), flat_params(policy.model))
+    assert "ref_model" not in tr.state_dict()  # still the base: recomputable
+    tr.step(1)
+    assert torch.equal(flat_params(tr.ref_model), flat_params(policy.model))
+    assert "ref_model" in tr.state_dict()
+
+
+def test_preset_fills_unset_fields_and_explicit_values_win():
+    g = build_zero_config({"grpo": {"preset": "dapo", "max_new_tokens": 64, "overlong_buffer": 16, "lr": 1e-3}}).grpo
+    assert (g.loss_type, g.epsilon_low, g.epsilon_high, g.beta, g.group_size) == ("dapo", 0.2, 0.28, 0.0, 16)
+    assert g.dynamic_sampling and g.mask_truncated_completions and g.overlong_buffer == 16 and g.lr == 1e-3
+    r1 = build_zero_config({"grpo": {"preset": "r1_zero", "max_new_tokens": 64}}).grpo
+    assert (r1.beta, r1.ref_reset_every, r1.group_size, r1.lr, r1.epsilon_low) == (0.001, 400, 16, 3e-6, 10.0)
+    dm = build_zero_config({"grpo": {"preset": "deepseekmath", "max_new_tokens": 64, "group_size": 8}}).grpo
+    assert (dm.beta, dm.group_size, dm.mu) == (0.04, 8, 1)
+    dr = build_zero_config({"grpo": {"preset": "dr_grpo"}}).grpo
+    assert (dr.loss_type, dr.scale_rewards) == ("dr_grpo", "none")
+    with pytest.raises(NanoseekError, match="preset"):
+        build_zero_config({"grpo": {"preset": "ppo"}})
+    with pytest.raises(NanoseekError, match="overlong_buffer"):
+        GRPOConfig(max_new_tokens=8, overlong_buffer=9)
+
+
+def _half_flat_reward(completions, prompt, completion_ids=None, **_):
+    """Even-id share for prompts with an even number, a constant for the others (zero spread)."""
+    return [1.0 if int(p.split()[1]) % 2 else sum(t % 2 == 0 for t in ids) / max(1, len(ids))
+            for p, ids in zip(prompt, completion_ids)]
+
+
+class _HalfFlatTask(ToyTask):
+    def reward_funcs(self):
+        return {"even": _half_flat_reward}
+
+
+def test_dynamic_sampling_drops_zero_spread_groups_and_draws_more():
+    cfg = toy_config(dynamic_sampling=True, max_new_tokens=6)
+    tr = GRPOTrainer(qwen_policy(), _HalfFlatTask(), cfg, seed=0)
+    ro = tr.sampler.collect(0, 0)
+    assert len(ro.kept) == 4 and all(not s["zero_spread"] for s in ro.kept)
+    assert ro.rounds >= 2 and ro.data_pos == 4 * ro.rounds and len(ro.sampled) == 4 * ro.rounds
+    assert [s["pos"] for s in ro.kept] == sorted(s["pos"] for s in ro.kept)
+    m, _ = tr.step(0)
+    assert m["sampling/rounds"] >= 2 and m["sampling/kept_groups"] == 4
+    assert 0.3 < m["reward/zero_spread_groups"] < 0.7  # health describes every sampled group
+    # without dynamic sampling the zero-spread groups stay in the batch
+    plain = GRPOTrainer(qwen_policy(), _HalfFlatTask(), toy_config(max_new_tokens=6), seed=0).sampler.collect(0, 0)
+    assert plain.rounds == 1 and any(s["zero_spread"] for s in plain.kept)
+
+
+def test_overlong_filtering_and_soft_punishment():
+    # every completion runs to max_new_tokens (8): the soft punishment is -1 at the limit (DAPO eq. 13)
+    cfg = toy_config(max_new_tokens=8, overlong_buffer=4, mask_truncated_completions=True)
+    tr = GRPOTrainer(qwen_policy(), ToyTask(), cfg, seed=0)
+    tr.sampler.suppress_token_ids = list(tr.policy.stop_ids)
+    before = flat_params(tr.policy.model)
+    m, _ = tr.step(0)
+    assert m["completion/truncated"] == 1.0 and m["reward/overlong"] == -1.0
+    assert m["grad_norm"] == 0.0 and torch.equal(before, flat_params(tr.policy.model))  # all filtered out
+
+
+@pytest.mark.parametrize("make", [qwen_policy, native_policy])
+def test_stop_strings_end_completions(make):
+    policy = make()
+    cfg = toy_config(stop_strings=["k"], max_new_tokens=24, temperature=1.0)
+    tr = GRPOTrainer(policy, ToyTask(), cfg, seed=0)
+    ro = tr.sampler.collect(0, 0)
+    comps = [c for g in ro.local for c in g.completions]
+    assert any("k" in policy.decode(c.token_ids) for c in comps)
+    for c in comps:  # cut right after the token that completes the stop string
+        if "k" in policy.decode(c.token_ids):
+            assert "k" not in policy.decode(c.token_ids[:-1]) and c.finish_reason == "stop"
+
+
+def test_stop_string_across_tokens_online_and_afterwards_agree():
+    from nanoseek.generation import Completion
+    from nanoseek.rl.sampling import StopStrings
+
+    tok = tokenizer()
+    stops = StopStrings(tok, ["</ans", "\n\n"])
+    ids = tok("a b</ans wer>", add_special_tokens=False).input_ids
+    cut = stops.truncate(Completion(ids, "length", [0.0] * len(ids)))
+    assert tok.decode(cut.token_ids).endswith("</ans") and cut.finish_reason == "stop"
+    online = next(n for n in range(1, len(ids) + 1) if stops.ends(ids[:n]))
+    assert online == len(cut.token_ids)
+
+
+def test_long_prompts_dropped_at_load_and_counted():
+    tr = GRPOTrainer(qwen_policy(), ToyTask(n=20, long_every=4), toy_config(max_prompt_length=40), seed=0)
+    assert tr.dropped_long_prompts == 5 and len(tr.sampler.examples) == 15
+    assert all(len(ids) <= 40 for ids in tr.sampler.prompt_ids)
+    m, _ = tr.step(0)
+    assert m["data/dropped_long_prompts"] == 5
+    with pytest.raises(NanoseekError, match="max_prompt_length"):
+        GRPOTrainer(qwen_policy(), ToyTask(n=4, long_every=1), toy_config(max_prompt_length=10), seed=0)
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "dapo", "dr_grpo"])
+def test_grad_accumulation_gives_the_same_update(loss_type):
+    out = []
+    for accum in (1, 4):
+        policy = qwen_policy()
+        # lr 1e-4: Adam's first step is ~lr * sign(g), so a near-zero gradient entry's rounding shows at lr scale
+        cfg = toy_config(loss_type=loss_type, grad_accumulation_steps=accum, beta=0.04, grad_clip=0.0, lr=1e-4)
+        tr = GRPOTrainer(policy, ToyTask(), cfg, seed=0)
+        m, _ = tr.step(0)
+        out.append((flat_params(policy.model), m))
+    torch.testing.assert_close(out[0][0], out[1][0], atol=1e-6, rtol=0)
+    assert out[0][1]["loss"] == pytest.approx(out[1][1]["loss"], abs=1e-6)
+    assert out[0][1]["grad_norm"] == pytest.approx(out[1][1]["grad_norm"], rel=1e-5)
+
+
+def test_mu_and_minibatches_use_old_logprobs():
+    tr = GRPOTrainer(qwen_policy(), ToyTask(), toy_config(mu=2, minibatches_per_step=2, lr=5e-2), seed=0)
+    m, _ = tr.step(0)
+    assert m["ratio"] != 1.0 and m["clip_ratio/region"] >= 0.0  # later updates are off-policy
+
+
+def test_learning_rate_schedules():
+    cfg = toy_config(steps=10, lr=1.0, warmup_steps=2, min_lr_ratio=0.0, lr_schedule="linear")
+    assert [learning_rate(s, cfg) for s in (0, 1, 2, 6, 10)] == pytest.approx([0.5, 1.0, 1.0, 0.5, 0.0])
+    cos = toy_config(steps=10, lr=1.0, min_lr_ratio=0.1)
+    assert learning_rate(0, cos) == 1.0 and learning_rate(10, cos) == pytest.approx(0.1)
+
+
+def test_health_alarms_fire_once_with_the_fix():
+    out = io.StringIO()
+    alarms = Alarms(stream=out)
+    base = {"completion/truncated": 0.1, "reward/zero_spread_groups": 0.1, "entropy": 2.0, "grader/calls": 10,
+            "grader/timeouts": 0}
+    assert alarms.check({**base, "step": 1}) == []
+    assert alarms.check({**base, "step": 2, "completion/truncated": 0.9}) == ["truncated"]
+    assert alarms.check({**base, "step": 3, "completion/truncated": 0.9}) == []  # once
+    fired = alarms.check({**base, "step": 4, "reward/zero_spread_groups": 0.8, "entropy": 0.01,
+                          "grader/timeouts": 3})
+    assert fired == ["zero_spread", "entropy_collapse", "grader_timeouts"]
+    text = out.getvalue()
+    assert "max_new_tokens" in text and "dynamic_sampling" in text and "epsilon_high" in text
+    restored = Alarms(enabled=False)
+    restored.load_state_dict(alarms.state_dict())
+    assert restored.check({**base, "completion/truncated": 0.9}) == []
+
+
+def test_report_to_skips_cleanly_without_the_package(tmp_path, capsys):
+    from nanoseek.rl.loggers import ExternalLoggers
+
+    loggers = ExternalLoggers(["tensorboard", "wandb"], tmp_path)
+    loggers.log({"step": 1, "reward/mean": 0.5, "alarms": ["x"]})
+    err = capsys.readouterr().err
+    if not loggers.backends:
+        assert "skipped" in err
