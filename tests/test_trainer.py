@@ -76,6 +76,10 @@ def test_preset_fills_unset_fields_and_explicit_values_win():
     assert (r1.beta, r1.ref_reset_every, r1.group_size, r1.lr, r1.epsilon_low) == (0.001, 400, 16, 3e-6, 10.0)
     dm = build_zero_config({"grpo": {"preset": "deepseekmath", "max_new_tokens": 64, "group_size": 8}}).grpo
     assert (dm.beta, dm.group_size, dm.mu) == (0.04, 8, 1)
+    scaled = build_zero_config({"grpo": {"preset": "dapo", "max_new_tokens": 64}}).grpo
+    assert scaled.overlong_buffer == 13  # DAPO's 4,096 of 20,480 tokens, in proportion
+    assert build_zero_config({"grpo": {"preset": "dapo"}}).grpo.overlong_buffer == 4096
+    assert GRPOConfig.from_dict({"preset": "dapo"}).epsilon_high == 0.28
     dr = build_zero_config({"grpo": {"preset": "dr_grpo"}}).grpo
     assert (dr.loss_type, dr.scale_rewards) == ("dr_grpo", "none")
     with pytest.raises(NanoseekError, match="preset"):

@@ -36,17 +36,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def student_spec(arg: str) -> dict:
-    """``{"path": folder}`` for a model folder, the fields of a config.json file for a fresh model."""
+    """The fields of a ``.json`` config for a fresh nanoseek model, else ``{"path": arg}`` (a model
+    folder, run directory or short name, checked by ``resolve_model_dir``)."""
     p = Path(arg)
-    if p.is_dir():
-        return {"path": arg}
-    if p.is_file() and p.suffix == ".json":
+    if p.suffix == ".json":
+        if not p.is_file():
+            raise NanoseekError(f"--student {arg}: no such config file")
         try:
             fields = json.loads(p.read_text())
         except json.JSONDecodeError as e:
             raise NanoseekError(f"--student {arg}: not valid JSON ({e})") from None
         return {k: v for k, v in fields.items() if k not in ("architectures", "model_type", "transformers_version")}
-    raise NanoseekError(f"--student {arg!r} is neither a model folder nor a config .json file")
+    from nanoseek.model.hf import resolve_model_dir
+
+    resolve_model_dir(arg)  # fail early with a one-line error
+    return {"path": arg}
 
 
 def run(args) -> int:

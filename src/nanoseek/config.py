@@ -147,6 +147,11 @@ class GRPOConfig:
     share_prompt: bool = True
     report_to: list = field(default_factory=list)
 
+    @classmethod
+    def from_dict(cls, data: dict) -> "GRPOConfig":
+        """Build from a ``[grpo]`` table, ``preset`` applied (``GRPOConfig(preset=...)`` alone does not)."""
+        return cls(**apply_grpo_preset(dict(data)))
+
     def __post_init__(self):
         from nanoseek.rl.advantages import SCALES
         from nanoseek.rl.presets import PRESET_NAMES
@@ -195,7 +200,8 @@ def apply_grpo_preset(data: dict) -> dict:
     """A ``[grpo]`` table with ``preset``'s values filled into the keys it does not set.
 
     Sources of every value: ``nanoseek.rl.presets.preset_sources(name)``. ``ref_reset_every: None``
-    becomes 0 (fixed reference); the soft overlong punishment becomes ``overlong_buffer``.
+    becomes 0 (fixed reference); the soft overlong punishment becomes ``overlong_buffer`` (scaled to
+    the recipe's ``max_new_tokens`` when it sets its own, e.g. 64 tokens -> a buffer of 13).
     Returns a new dict; ``data`` without a preset is returned unchanged.
     """
     name = data.get("preset")
@@ -215,7 +221,9 @@ def apply_grpo_preset(data: dict) -> dict:
             if v is not None:
                 out[fld] = v
     if "overlong_buffer" not in out and values.get("soft_overlong_punishment"):
-        out["overlong_buffer"] = values["overlong_buffer"]
+        buf, length = values["overlong_buffer"], values["max_completion_length"]
+        # a recipe with its own max_new_tokens keeps DAPO's proportion (4,096 of 20,480 tokens)
+        out["overlong_buffer"] = buf if out["max_new_tokens"] == length else round(out["max_new_tokens"] * buf / length)
     return out
 
 

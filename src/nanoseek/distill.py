@@ -216,7 +216,8 @@ def write_distill_report(run, cfg: DistillConfig, task, student_params: int, bud
             ("student base", _read(p / "eval_base.json")["metrics"], student_params, walls.get("student_pretrain")),
             ("student, distilled (SFT on teacher samples)", distilled["final"], student_params, budget)]
     if grpo:
-        rows.append(("student, GRPO only (same wall time)", grpo["final"], student_params, grpo.get("wall_seconds")))
+        rows.append((f"student, GRPO only (same wall time: {grpo.get('steps')} steps)", grpo["final"], student_params,
+                     budget))
     t, d = teacher["metrics"]["pass@1"], distilled["final"]["pass@1"]
     summary = {"task": task.name, "teacher": teacher, "student_params": student_params,
                "params_ratio": student_params / teacher["params"] if teacher.get("params") else None,
@@ -231,7 +232,10 @@ def write_distill_report(run, cfg: DistillConfig, task, student_params: int, bud
              (f" at {cfg.teacher_endpoint}" if cfg.teacher_endpoint else "") + f" · run directory `{p}`", "",
              "## Distillation vs RL on the student (DeepSeek-R1 Table 6)", "",
              markdown_table(["model", "pass@1", "well-formed", "thinking", "mean length", "parameters", "training wall time"],
-                            table, align="lrrrrrr")]
+                            table, align="lrrrrrr"),
+             f"Held-out: {teacher['metrics']['n']} problems × {cfg.eval.samples} samples, temperature {cfg.eval.temperature}, "
+             f"top-p {cfg.eval.top_p}. Training wall time: the student base's pretraining; for the distilled and "
+             "GRPO-only students the shared budget.", ""]
     if summary["params_ratio"]:
         lines.append(f"- Student/teacher parameters: {summary['params_ratio']:.3f}.")
     if t:
@@ -240,7 +244,8 @@ def write_distill_report(run, cfg: DistillConfig, task, student_params: int, bud
         g = grpo["final"]["pass@1"]
         word = "beats" if d > g else "does NOT beat"
         lines.append(f"- Distillation {word} GRPO alone on the same student with the same wall time "
-                     f"({budget:.0f} s; GRPO ran {grpo.get('steps')} steps): pass@1 {d:.3f} vs {g:.3f}.")
+                     f"({format_duration(budget)}: teacher sampling + student SFT; GRPO ran {grpo.get('steps')} steps "
+                     f"in it): pass@1 {d:.3f} vs {g:.3f}. The teacher's own training is not counted (as in R1 Table 6).")
     lines += ["", "## Teacher samples", "", counts_table(summary["teacher_samples"]),
               "Stage reports: [`distilled/report.md`](distilled/report.md)" +
               (", [`grpo_only/report.md`](grpo_only/report.md)" if grpo else "") + "."]

@@ -1,31 +1,29 @@
-"""Fast batched sampling for Llama-family ``transformers`` models: a static KV cache and a
-decode loop written over the model's own modules.
+"""Fast batched sampling for Llama-family ``transformers`` models: a static KV cache, shared
+prompts, and a decode loop written over the model's own modules (``nanoseek.model.hf_fast``).
 
-``transformers``' ``generate`` (and ``nanoseek.generation`` over ``TransformersLM``) pays several
-milliseconds of Python per decoding step in mask building, cache bookkeeping and output objects;
-on a small model that is most of the step (about 8 ms per step against 3 ms of arithmetic for a
-hidden-256, 4-layer Qwen2 at batch 64 on one CPU core, ``bench/bench_grpo.py``). This loop calls
-the same weights directly:
+``transformers``' ``generate`` (and ``nanoseek.generation`` over ``TransformersLM``) re-runs every
+prompt once per completion and pays Python per decoding step in mask building, cache bookkeeping
+and output objects. Here:
 
-    h = embed(ids)                                                  (B, T, D)
-    per layer: x = input_layernorm(h)
-               q, k, v = q_proj(x), k_proj(x), v_proj(x)            (B, H|Hkv, T, d)
-               [q_norm / k_norm per head (Qwen3)], RoPE from the model's rotary_emb
-               K[:, :, p:p+T], V[:, :, p:p+T] = k, v                 static cache (B, Hkv, S, d)
-               h = h + o_proj(sdpa(q, K[:, :, :p+T], V[:, :, :p+T], padding & causal mask))
-               h = h + mlp(post_attention_layernorm(h))
-    logits = lm_head(norm(h[:, -1]))                                (B, V)
+* each distinct prompt is prefilled once and its keys/values are copied into the rows of its
+  completions (a GRPO group of G shares one prompt: G times less prefill);
+* the cache is preallocated ``(B, Hkv, P + max_new_tokens, d)`` per layer and written in place;
+* each step runs ``FastLM.layers`` on one token per row (the same modules and weights as the HF
+  forward) and samples all rows in one batched call.
 
-Supported: ``model_type`` in ``nanoseek.model.hf_fast.SUPPORTED`` (Llama, Mistral, Qwen2, Qwen3 without sliding
-windows); anything else goes through ``nanoseek.generation`` (the plain version, which this one is
-tested against: same logits to 1e-5, same greedy tokens). Positions follow nanoseek's convention
-for left padding (``cumsum(mask) - 1``), the one ``TransformersLM.forward`` uses for scoring.
+Supported: ``model_type`` in ``nanoseek.model.hf_fast.SUPPORTED`` (Llama, Mistral, Qwen2, Qwen3
+without sliding windows); anything else goes through ``nanoseek.generation`` (the plain version,
+which this one is tested against in ``tests/test_trainer_fast.py``: same greedy tokens, log-probs
+to 1e-5). Positions follow nanoseek's convention for left padding (``cumsum(mask) - 1``), the one
+``TransformersLM.forward`` uses for scoring.
 
 Sampling is batched and still row-independent: each row draws its ``max_new_tokens`` uniforms up
 front from its own ``torch.Generator`` (seeded per row), and token ``t`` of a row is the inverse
 CDF of its filtered distribution at its ``t``-th uniform. A row's completion therefore depends only
 on its prompt and seed, never on the other rows or the number of processes (up to float rounding
-of batched matmuls). Finished rows are dropped from the batch when a quarter of it has finished.
+of batched matmuls). The draws differ from ``nanoseek.generation``'s ``torch.multinomial`` ones
+(same distribution, other random numbers). Finished rows are dropped from the batch once a quarter
+of it has finished.
 """
 
 from __future__ import annotations
@@ -33,7 +31,6 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from nanoseek.generation import Completion, SamplingParams, _filter_logits
 from nanoseek.model.hf_fast import FastLM, base_lm, supports

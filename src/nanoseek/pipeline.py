@@ -27,8 +27,8 @@ format", R1 sec. 2.3.1); or a chat JSONL file.
 
 Non-reasoning data (stage 3, ``rejection.non_reasoning``): R1 adds about 200k non-reasoning samples
 (writing, factual QA, self-cognition, translation; no CoT for simple queries) to about 600k
-reasoning ones. ``"builtin"`` writes self-cognition and one-step questions answered without a
-CoT; a chat JSONL path adds the user's own. Deviation (CPU recipe): stage 4 has no
+reasoning ones. ``"builtin"`` writes self-cognition questions answered without a CoT; a chat
+JSONL path adds the user's own. Deviation (CPU recipe): stage 4 has no
 helpfulness/harmlessness reward models, so "all scenarios" are the rule-based rewards of the task.
 """
 
@@ -152,19 +152,14 @@ def worked_candidates(task, n: int, seed: int) -> list:
     return out
 
 
-def builtin_non_reasoning(task, n: int, seed: int) -> list[dict]:
-    """``n`` non-reasoning chats answered without a CoT: self-cognition, and one-step problems of the
-    chain task (R1 sec. 2.3.3: "for simpler queries, such as 'hello', we do not provide a CoT")."""
+def builtin_non_reasoning(n: int, seed: int) -> list[list[dict]]:
+    """``n`` non-reasoning chats answered without a CoT: self-cognition questions (R1 sec. 2.3.3 lists
+    self-cognition among its non-reasoning data, and "for simpler queries, such as 'hello', we do not
+    provide a CoT")."""
     rng = random.Random(seed)
     chats = []
-    for k in range(n):
-        if k % 2 == 0 or task.name != "chain":
-            q, a = SELF_COGNITION[rng.randrange(len(SELF_COGNITION))]
-        else:
-            from nanoseek.tasks.chain import ChainProblem
-
-            p = ChainProblem((rng.randrange(10), rng.randrange(10)), (rng.choice("+-"),), getattr(task, "modulus", 10))
-            q, a = p.question, str(p.answer)
+    for _ in range(n):
+        q, a = SELF_COGNITION[rng.randrange(len(SELF_COGNITION))]
         chats.append([{"role": "user", "content": q}, {"role": "assistant", "content": f"<answer>{a}</answer>"}])
     return chats
 
@@ -224,7 +219,9 @@ class R1Pipeline:
         folder = self.path / name
         if not folder.exists():  # the start model was evaluated at the end of its stage: reuse it
             RunDir.create(folder, zcfg.to_dict())
-            atomic_write_json(folder / "eval_base.json", {"metrics": self.evaluation(start), "samples": []})
+            after = _read(self.path / start / "eval_after.json") or {}
+            atomic_write_json(folder / "eval_base.json", {"metrics": self.evaluation(start),
+                                                          "samples": after.get("samples", [])})
         run_zero(zcfg, out=str(folder), resume=True, command=self.command)
 
     # -- stages -------------------------------------------------------------------------------
@@ -257,8 +254,9 @@ class R1Pipeline:
         data_path = self.path / "cold_start_data.jsonl"
         if not data_path.exists():
             if cs.source == "worked":
-                kept, counts, _ = filter_candidates(worked_candidates(self.task, cs.examples, cs.seed), cs.sample,
-                                                    self._index(cs.sample))
+                cands = worked_candidates(self.task, cs.examples, cs.seed)
+                kept, counts, _ = filter_candidates(cands, cs.sample, self._index(cs.sample))
+                counts = {"candidates": len(cands), **counts, "kept": len(kept)}
                 records = [chat_record(c, self.cfg.task.system_prompt, "worked") for c in kept]
             elif cs.source == "zero":
                 if not (self.path / "zero" / "summary.json").exists():
@@ -297,7 +295,7 @@ class R1Pipeline:
             bar.close()
             n_extra = round(len(records) * rj.non_reasoning_fraction / max(1e-9, 1 - rj.non_reasoning_fraction))
             if rj.non_reasoning == "builtin":
-                extra = builtin_non_reasoning(self.task, n_extra, self.cfg.run.seed)
+                extra = builtin_non_reasoning(n_extra, self.cfg.run.seed)
             elif rj.non_reasoning:
                 extra = load_chat_jsonl(rj.non_reasoning)
             else:
@@ -333,6 +331,20 @@ class R1Pipeline:
             self._eval_index = build_index(self.cfg.task.data_dir, [self.task], sc.decontam_ngram,
                                            sc.decontam_common_df, sc.eval_tasks or None)
         return self._eval_index
+
+    def mark_final(self) -> None:
+        """Point ``checkpoints/latest`` at the last finished R1 stage's model, so that ``--model RUN_DIR``
+        (eval, chat, serve, distill) loads the R1 model."""
+        import os
+
+        from nanoseek.atomic import atomic_write_text
+        from nanoseek.model.hf import resolve_model_dir
+
+        done = [s for s in STAGES[2:] if self.done(s)]
+        if done:
+            target = resolve_model_dir(self.path / done[-1])
+            rel = os.path.relpath(target, self.run.checkpoints_path)
+            atomic_write_text(self.run.checkpoints_path / "latest", rel + "\n")
 
     # -- driver -------------------------------------------------------------------------------
     def done(self, stage: str) -> bool:
@@ -391,6 +403,7 @@ def run_r1(cfg: R1Config, out: str | None = None, resume: bool = False, from_sta
     if from_stage:
         pipe.reset_from(from_stage)
     pipe.run_stages(until)
+    pipe.mark_final()
     summary = write_r1_report(pipe, wall=time.time() - t0)
     f, z = summary.get("final"), summary.get("zero")
     if f and z:

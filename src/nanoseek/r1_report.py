@@ -52,12 +52,14 @@ def write_r1_report(pipe, wall: float) -> dict:
                "wall_seconds": round(sum(walls.values()), 1), "wall_seconds_this_call": round(wall, 1)}
     run.write_summary(summary)
 
-    records = [{"step": i, "stage/pass@1": r["pass@1"], "stage/well_formed": r["well_formed"],
-                "stage/thinking": r["thinking"]} for i, r in enumerate(rows) if r["stage"] != "zero"]
-    if "zero" in by:
-        records.append({"step": 1, "stage/r1_zero_pass@1": by["zero"]["pass@1"]})
-    spec = PlotSpec("Held-out metrics after each stage (0 = base; R1-Zero as one point)", "share",
-                    ("stage/pass@1", "stage/well_formed", "stage/thinking", "stage/r1_zero_pass@1"), sparse=True, unit_range=True)
+    r1_rows = [r for r in rows if r["stage"] != "zero"]  # x = 0 (base), 1..4 (the R1 stages)
+    records = [{"step": i, "r1/pass@1": r["pass@1"], "r1/well_formed": r["well_formed"], "r1/thinking": r["thinking"]}
+               for i, r in enumerate(r1_rows)]
+    if "zero" in by and "base" in by:  # R1-Zero: straight from the base to its final numbers, drawn at x = 4
+        records[0]["r1_zero/pass@1"] = by["base"]["pass@1"]
+        records.append({"step": 4, "r1_zero/pass@1": by["zero"]["pass@1"]})
+    spec = PlotSpec("Held-out metrics: base (0), R1 stages 1-4, and R1-Zero from the same base", "share",
+                    ("r1/pass@1", "r1/well_formed", "r1/thinking", "r1_zero/pass@1"), sparse=True, unit_range=True)
     plots = plot_run(records, run.plots_dir, series={"stages": spec}) if records else []
 
     lines = [f"# nanoseek r1: {pipe.task.name}", "",

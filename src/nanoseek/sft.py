@@ -229,6 +229,7 @@ def sft_stage(policy, chats: list[list[dict]], cfg: SFTConfig, run, run_cfg: Run
         run.log_metrics({"step": done, **eval_metrics_record(final)})
         summary.update({"task": task.name, "base": before, "final": final})
         after_samples = results_as_dicts(res[:4 * eval_cfg.samples:eval_cfg.samples])
+        atomic_write_json(run.path / "eval_after.json", {"metrics": final, "samples": after_samples})
     wall = time.time() - t_start + prior
     atomic_write_json(wall_path, {"seconds": wall})
     summary["wall_seconds"] = round(wall, 1)

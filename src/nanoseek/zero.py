@@ -21,7 +21,7 @@ import torch
 
 from nanoseek import NanoseekError
 from nanoseek.atomic import atomic_dir, atomic_write_json
-from nanoseek.checkpoint import load_trainer_state, save_checkpoint, save_model_folder, set_rng_state
+from nanoseek.checkpoint import load_trainer_state, load_weights_into, save_checkpoint, save_model_folder, set_rng_state
 from nanoseek.config import ZeroConfig
 from nanoseek.evaluate import evaluate_policy, results_as_dicts
 from nanoseek.policy import Policy
@@ -148,21 +148,29 @@ def run_eval(policy: Policy, task, cfg: ZeroConfig, desc: str):
 def run_zero(cfg: ZeroConfig, out: str | None = None, resume: bool = False, command: str = "nanoseek zero",
              fault_hook=None) -> Path:
     """Run (or resume) the R1-Zero recipe; return the run directory."""
+    from nanoseek.rl.distributed import init_from_env
     from nanoseek.rl.trainer import GRPOTrainer
     from nanoseek.tasks import get_task
 
     t_start = time.time()
+    dist = init_from_env()  # torchrun: every rank trains, rank 0 alone evaluates and writes files
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
     task = get_task(cfg.task.name, data_dir=cfg.task.data_dir, **cfg.task.options)
-    out_path = Path(out) if out else RunDir.default_path(cfg.run.name)
-    run = RunDir.create(out_path, cfg.to_dict(), resume=resume)
+    out_path = Path(dist.broadcast_object(str(Path(out) if out else RunDir.default_path(cfg.run.name))))
+    run = RunDir.create(out_path, cfg.to_dict(), resume=resume) if dist.is_main else RunDir(out_path)
     prior = json.loads((run.path / "wall.json").read_text())["seconds"] if (run.path / "wall.json").exists() else 0.0
     _log(f"run directory: {run.path}")
 
+    if not dist.is_main:
+        dist.barrier()  # rank 0 pretrains (or finds) the base model first
     policy = build_base(cfg, task, run)
+    if dist.is_main:
+        dist.barrier()
     base_eval_path = run.path / "eval_base.json"
-    if base_eval_path.exists():
+    if not dist.is_main:
+        base = None
+    elif base_eval_path.exists():
         base = json.loads(base_eval_path.read_text())
     else:
         m, res = run_eval(policy, task, cfg, "eval base")
@@ -170,23 +178,25 @@ def run_zero(cfg: ZeroConfig, out: str | None = None, resume: bool = False, comm
         atomic_write_json(base_eval_path, base)
         run.log_metrics({"step": 0, "eval/pass@1": m["pass@1"], "eval/well_formed": m["well_formed"],
                          "eval/thinking": m["thinking"], "eval/mean_length": m["mean_length"]})
-    _log(f"base: pass@1 {base['metrics']['pass@1']:.3f}  well-formed {base['metrics']['well_formed']:.3f}  "
-         f"thinking {base['metrics']['thinking']:.3f}")
+    if base is not None:
+        _log(f"base: pass@1 {base['metrics']['pass@1']:.3f}  well-formed {base['metrics']['well_formed']:.3f}  "
+             f"thinking {base['metrics']['thinking']:.3f}")
 
     seed_everything(cfg.run.seed + 1)
-    trainer = GRPOTrainer(policy, task, cfg.grpo, seed=cfg.run.seed)
+    trainer = GRPOTrainer(policy, task, cfg.grpo, seed=cfg.run.seed, dist=dist)
     start = 0
     latest = run.latest_checkpoint()
     if latest is not None:
-        from nanoseek.model.hf import load_model
-
-        policy.model.load_state_dict(load_model(latest).state_dict())
+        load_weights_into(policy.model, latest)  # the full model, or a LoRA adapter
         state, rng, meta = load_trainer_state(latest)
         trainer.load_state_dict(state)
         set_rng_state(rng)
         start = meta["step"]
-        run.truncate_logs_after(start)
+        if dist.is_main:
+            run.truncate_logs_after(start)
         _log(f"resumed from {latest} (step {start})")
+    elif resume and dist.is_main:
+        run.truncate_logs_after(0)  # GRPO lines of a run stopped before its first checkpoint
 
     g = cfg.grpo
     bar = Progress(g.steps, "grpo", initial=start)
@@ -194,24 +204,30 @@ def run_zero(cfg: ZeroConfig, out: str | None = None, resume: bool = False, comm
     for step in range(start, g.steps):
         metrics, samples = trainer.step(step)
         done = step + 1
+        out_of_time = dist.broadcast_object(bool(wall_limit and time.time() - t_start + prior > wall_limit))
+        if not dist.is_main:
+            if out_of_time:
+                break
+            continue
         if g.eval_every and done % g.eval_every == 0 and done < g.steps:
             m, _ = run_eval(policy, task, cfg, f"eval step {done}")
             metrics.update({"eval/pass@1": m["pass@1"], "eval/well_formed": m["well_formed"],
                             "eval/thinking": m["thinking"], "eval/mean_length": m["mean_length"]})
         run.log_metrics(metrics)
+        trainer.log_external(metrics, run.path)
         run.log_samples(samples)
-        bar.update(1, reward=metrics["reward/mean"], acc=metrics.get("reward/accuracy"),
-                   len=metrics["completion/mean_length"], think=metrics["completion/thinking"])
-        out_of_time = wall_limit and time.time() - t_start + prior > wall_limit
+        bar.update(1, **trainer.progress_fields(metrics))
         if done % cfg.run.checkpoint_every == 0 or done == g.steps or out_of_time:
             save_checkpoint(run, done, policy.model, policy.tokenizer, trainer.state_dict(),
-                            meta={"phase": "grpo", "data_position": done * g.prompts_per_step},
+                            meta={"phase": "grpo", "data_position": trainer.state.data_pos},
                             keep_last=cfg.run.keep_checkpoints, before_rename=fault_hook)
         if out_of_time:
             _log(f"wall-time limit reached after step {done}; checkpoint written, resume with --resume")
             break
     bar.close()
     steps_done = trainer.state.step
+    if not dist.is_main:
+        return run.path
 
     final_m, final_res = run_eval(policy, task, cfg, "eval final")
     run.log_metrics({"step": steps_done, "eval/pass@1": final_m["pass@1"], "eval/well_formed": final_m["well_formed"],

@@ -5,6 +5,14 @@
 * ``kl``: per-token KL estimators (k3 is GRPO's).
 * ``grpo``: the clipped GRPO loss (grpo / bnpo / dr_grpo / dapo), token log-probs and entropy.
 * ``presets``: the papers' hyperparameters by name.
+
+The training loop around them (imported on demand, not here):
+
+* ``trainer``: ``GRPOTrainer``, one step = rollout, advantages, update, health metrics;
+* ``sampling``: prompt stream, per-completion seeds, rewards, DAPO dynamic sampling, stop strings;
+* ``update``: micro-batches of whole groups, log-prob scoring, globally normalised loss;
+* ``health``: metrics and once-only alarms; ``loggers``: optional TensorBoard / W&B;
+* ``distributed``: data parallelism over ranks (torchrun, gloo / nccl).
 """
 
 from nanoseek.rl.advantages import group_advantages, reward_validity

@@ -20,6 +20,7 @@ Only torch is imported.
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +35,8 @@ class Dist:
 
     rank: int = 0
     world: int = 1
+    device: str = "cpu"  # where collectives run: "cuda" for nccl
+
 
     @property
     def is_main(self) -> bool:
@@ -48,7 +51,12 @@ class Dist:
     def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
         """Sum ``t`` over ranks, in place; returns ``t``."""
         if self.world > 1:
-            tdist.all_reduce(t, op=tdist.ReduceOp.SUM)
+            if t.device.type != torch.device(self.device).type:  # e.g. a CPU counter under nccl
+                tmp = t.to(self.device)
+                tdist.all_reduce(tmp, op=tdist.ReduceOp.SUM)
+                t.copy_(tmp)
+            else:
+                tdist.all_reduce(t, op=tdist.ReduceOp.SUM)
         return t
 
     def all_gather_object(self, obj: Any) -> list:
@@ -91,7 +99,8 @@ class Dist:
 def current() -> Dist:
     """The ``Dist`` of an initialised ``torch.distributed`` process group, else a single process."""
     if tdist.is_available() and tdist.is_initialized():
-        return Dist(tdist.get_rank(), tdist.get_world_size())
+        device = "cuda" if tdist.get_backend() == "nccl" else "cpu"
+        return Dist(tdist.get_rank(), tdist.get_world_size(), device)
     return Dist()
 
 
@@ -109,5 +118,6 @@ def init_from_env(backend: str | None = None) -> Dist:
         backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        tdist.init_process_group(backend=backend)
+        # rank 0 evaluates alone while the others wait in the next collective: allow long evaluations
+        tdist.init_process_group(backend=backend, timeout=datetime.timedelta(hours=2))
     return current()

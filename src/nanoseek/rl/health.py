@@ -7,22 +7,20 @@ reward spread (they carry no gradient), the truncation rate, entropy and KL.
 
 Metric names (one record per step in ``metrics.jsonl``):
 
-===================================== ===========================================================
-``reward/mean``, ``reward/std``        combined reward over every sampled completion
-``reward/<name>``                      each reward function's mean (valid values only)
-``reward/zero_spread_groups``          share of sampled groups whose rewards are all equal
-``reward/invalid``                     share of completions whose reward is None (not judged)
-``completion/{mean,min,max}_length``   generated tokens per completion
-``completion/truncated``               share that hit ``max_new_tokens`` without a stop
-``completion/thinking``                share with a non-empty think block
-``entropy``                            mean per-token entropy of the policy on its completions
-``kl``                                 mean per-token k3 KL to the reference (when there is one)
-``clip_ratio/{low,high,region}``       share of tokens clipped (DAPO sec. 3.1 clip-higher)
-``grad_norm``, ``lr``, ``loss``        before clipping; learning rate; the (uninformative) loss
-``grader/{timeouts,parse_failures}``   grader events this step (``nanoseek.rewards.stats()``)
-``sampling/{rounds,kept_groups,...}``  dynamic sampling (DAPO sec. 3.2)
-``tokens_per_s``, ``time/{rollout,reward,update}``   throughput and where the time went
-===================================== ===========================================================
+* ``reward/mean``, ``reward/std``: combined reward over every sampled completion;
+  ``reward/<name>``, ``reward/<name>/std``: each reward function (valid values only);
+* ``reward/zero_spread_groups``: share of sampled groups whose rewards are all equal;
+  ``reward/invalid``: share of completions whose reward is None (not judged);
+* ``completion/{mean,min,max}_length``: generated tokens; ``completion/truncated``: share that hit
+  ``max_new_tokens`` without a stop; ``completion/thinking``: share with a non-empty think block;
+* ``entropy``: mean per-token entropy of the policy on its completions; ``kl``: mean per-token k3 KL
+  to the reference (when there is one); ``clip_ratio/{low,high,region}``: share of clipped tokens
+  (DAPO sec. 3.1); ``ratio``: mean importance ratio;
+* ``grad_norm`` (before clipping), ``lr``, ``loss`` (uninformative, see above);
+* ``grader/{calls,timeouts,parse_failures}``: grader events this step (``nanoseek.rewards.stats()``);
+* ``sampling/{rounds,groups,kept_groups}``: dynamic sampling (DAPO sec. 3.2); ``data/position``;
+* ``tokens_per_s``, ``time/{rollout,reward,update}``: throughput and where the time went;
+* ``alarms``: names of the alarms that fired at this step (see :data:`ALARMS`).
 """
 
 from __future__ import annotations
@@ -30,7 +28,7 @@ from __future__ import annotations
 import math
 import sys
 
-# name -> (test on the metrics, message with the likely fix). Each fires at most once per run.
+# alarm name -> message with the likely fix ({v}: the value that fired it). Each fires at most once per run.
 ALARMS: dict[str, str] = {
     "truncated": "most completions ({v:.0%}) hit max_new_tokens without finishing: raise grpo.max_new_tokens, "
                  "or drop/penalise them (grpo.mask_truncated_completions, grpo.overlong_buffer)",
@@ -77,7 +75,7 @@ def rollout_metrics(sampled: list[dict], kept: list[dict], rounds: int, grader: 
         out[f"reward/{name}"] = sum(vv) / max(1, len(vv))
         if len(vv) > 1:
             m = sum(vv) / len(vv)
-            out[f"reward/{name}_std"] = math.sqrt(sum((v - m) ** 2 for v in vv) / (len(vv) - 1))
+            out[f"reward/{name}/std"] = math.sqrt(sum((v - m) ** 2 for v in vv) / (len(vv) - 1))
     out["grader/timeouts"] = int(grader.get("timeouts", 0))
     out["grader/parse_failures"] = int(grader.get("parse_failures", 0))
     out["grader/calls"] = int(grader.get("calls", 0))

@@ -96,6 +96,7 @@ class GRPOTrainer:
             from nanoseek.generation_static import generate_static as generate_fn
         self.sampler = Sampler(policy, task, cfg, seed, self.dist, generate_fn)
         self.params = [p for p in model.parameters() if p.requires_grad]
+        self.device = next(model.parameters()).device
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
         self.ref_model = None
         if cfg.beta > 0 and not self.lora:
@@ -120,7 +121,7 @@ class GRPOTrainer:
     # -- one step -----------------------------------------------------------------------------
     def step(self, step: int) -> tuple[dict, list[dict]]:
         """Run GRPO step ``step`` (0-based). Returns ``(metrics, sample_records)`` (the same on every rank)."""
-        cfg, G = self.cfg, self.cfg.group_size
+        cfg = self.cfg
         t0 = time.perf_counter()
         ro = self.sampler.collect(step, self.state.data_pos)
         t_roll = time.perf_counter()
@@ -173,7 +174,7 @@ class GRPOTrainer:
                                      for g in chunk for r, t in zip(g.rewards, g.truncated)])
                 mbs.append(make_micro_batch([g.prompt_ids for g in chunk],
                                             [[c.token_ids for c in g.completions] for g in chunk],
-                                            a_t, drop, self.policy.pad_id))
+                                            a_t, drop, self.policy.pad_id).to(self.device))
             out.append((float(norm), mbs))
         return out
 
@@ -225,7 +226,7 @@ class GRPOTrainer:
                             acc[1 + j] += float(lm[key]) * tok
                     acc[6] += tok
                     if ent is not None:
-                        lmask = torch.arange(ent.shape[1])[None, :] < mb.lengths[:, None]
+                        lmask = torch.arange(ent.shape[1], device=ent.device)[None, :] < mb.lengths[:, None]
                         acc[7] += float((ent.double() * lmask).sum())
                         acc[8] += float(lmask.sum())
                     if load is not None and cfg.expert_bias_update:
@@ -256,7 +257,7 @@ class GRPOTrainer:
         if not n_layers:
             return
         if load is None:
-            load = torch.zeros(n_layers, model.config.n_routed_experts)
+            load = torch.zeros(n_layers, model.config.n_routed_experts, device=self.device)
         self.dist.all_reduce_sum(load)
         model.update_expert_bias(load)
 

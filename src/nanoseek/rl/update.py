@@ -15,6 +15,7 @@ returns DeepSeekMoE expert loads.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -46,6 +47,11 @@ class MicroBatch:
     @property
     def size(self) -> int:
         return int(self.group.numel())
+
+    def to(self, device) -> "MicroBatch":
+        """The tensors moved to ``device`` (the model's)."""
+        move = ("prompt_ids", "prompt_mask", "group", "completion_ids", "lengths", "mask", "advantages")
+        return dataclasses.replace(self, **{k: getattr(self, k).to(device) for k in move})
 
 
 def make_micro_batch(prompts: list[list[int]], completions: list[list[list[int]]], advantages: Tensor,
@@ -92,7 +98,8 @@ class Scorer:
         from nanoseek.policy import build_batch
 
         batch = build_batch([p for p, _ in mb.rows], [c for _, c in mb.rows], self.pad_id)
-        out = model(batch.input_ids, attention_mask=batch.attention_mask)
+        dev = mb.completion_ids.device
+        out = model(batch.input_ids.to(dev), attention_mask=batch.attention_mask.to(dev))
         return out.logits[:, batch.prompt_len - 1:-1].float(), getattr(out, "expert_load", None)
 
     def __call__(self, model, mb: MicroBatch, entropy: bool = False):

@@ -36,7 +36,7 @@ class ChainProblem:
     def expression(self) -> str:
         parts = [str(self.digits[0])]
         for op, d in zip(self.ops, self.digits[1:]):
-            parts.append(f"{op}{d}")
+            parts.append(f" {op} {d}")
         return "".join(parts)
 
     @property
@@ -59,16 +59,16 @@ class ChainProblem:
         return steps[-1][3] if steps else self.digits[0] % self.modulus
 
     def worked(self) -> str:
-        """Reasoning text: the running value after each term, separated by spaces.
+        """Reasoning text: each term followed by the running value, ``+7=7+3=0-9=1`` for ``7 + 3 - 9``.
 
-        ``7+3-9+2`` gives ``7 0 1 3``. Each value sits exactly as many tokens after the term it
-        adds as every other value does (two tokens per term in the question, two per value here),
-        so a small model with relative positions (RoPE) learns to read the right term; a wordier
-        ``7+3=0 0-9=1`` step format drifts further from its term with every step and is learned
-        far more slowly.
+        Every step is four tokens (operator, digit, ``=``, running value) and every term of the
+        question is four tokens too (`` + 3``), so each copied term sits at the same distance from
+        its source as every other; and each running value depends only on the two tokens before it
+        and the previous value. A small model with relative positions (RoPE) learns both quickly.
         """
         values = [self.digits[0] % self.modulus] + [c for _, _, _, c in self.steps()]
-        return " ".join(str(v) for v in values)
+        ops = ("+",) + self.ops
+        return "".join(f"{op}{d}={v}" for op, d, v in zip(ops, self.digits, values))
 
 
 class ChainTask(Task):
@@ -77,6 +77,10 @@ class ChainTask(Task):
     Args:
         min_terms, max_terms: number of digits in a problem (inclusive range).
         modulus: the modulus (10: one-digit answers).
+        operators: the operators to draw from (``"+"``, ``"+-"``). The CPU recipe uses ``"+"``:
+            with a constant operator between digits a small RoPE model learns to read the k-th
+            term by position within a few dozen steps; with random ``+``/``-`` tokens interleaved
+            it takes many hundreds.
         n_test: size of the held-out test split.
         test_seed: seed of the held-out split (fixed so every run evaluates the same problems).
         train_seed: seed of the RL prompt stream.
@@ -86,13 +90,15 @@ class ChainTask(Task):
     splits = ("train", "test")
     answer_type = "number"
 
-    def __init__(self, min_terms: int = 5, max_terms: int = 9, modulus: int = 10, n_test: int = 200,
-                 test_seed: int = 1000, train_seed: int = 2000, n_train: int = 20000):
+    def __init__(self, min_terms: int = 8, max_terms: int = 8, modulus: int = 10, n_test: int = 200,
+                 test_seed: int = 1000, train_seed: int = 2000, n_train: int = 20000, operators: str = "+-"):
         if not 2 <= min_terms <= max_terms:
             raise ValueError(f"chain task needs 2 <= min_terms <= max_terms, got {min_terms}, {max_terms}")
         if not 2 <= modulus <= 10:
             raise ValueError(f"chain task modulus must be in [2, 10] (one-digit operands), got {modulus}")
-        self.min_terms, self.max_terms, self.modulus = min_terms, max_terms, modulus
+        if not operators or set(operators) - {"+", "-"}:
+            raise ValueError(f"chain task operators must be a non-empty string of '+' and '-', got {operators!r}")
+        self.min_terms, self.max_terms, self.modulus, self.operators = min_terms, max_terms, modulus, operators
         self.n_test, self.test_seed, self.train_seed, self.n_train = n_test, test_seed, train_seed, n_train
         self._test = self._draw(random.Random(test_seed), n_test, exclude=set())
         self._test_keys = {p.expression for p in self._test}
@@ -101,7 +107,7 @@ class ChainTask(Task):
     def random_problem(self, rng: random.Random) -> ChainProblem:
         n = rng.randint(self.min_terms, self.max_terms)
         digits = tuple(rng.randrange(10) for _ in range(n))
-        ops = tuple(rng.choice("+-") for _ in range(n - 1))
+        ops = tuple(rng.choice(self.operators) for _ in range(n - 1))
         return ChainProblem(digits, ops, self.modulus)
 
     def _draw(self, rng: random.Random, n: int, exclude: set[str]) -> list[ChainProblem]:
