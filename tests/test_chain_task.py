@@ -8,15 +8,30 @@ from nanoseek.tokenizer import build_tokenizer, render_prompt
 
 def test_answer_and_worked_steps_are_exact():
     p = ChainProblem(digits=(7, 3, 9, 2, 5), ops=("+", "-", "+", "+"))
-    assert p.question == "What is 7+3-9+2+5 mod 10?"
-    assert p.worked() == "7 0 1 3 8"
+    assert p.question == "What is 7 + 3 - 9 + 2 + 5 mod 10?"
+    assert p.worked() == "+7=7+3=0-9=1+2=3+5=8"
     assert p.answer == (7 + 3 - 9 + 2 + 5) % 10 == 8
-    assert ChainTask.completion(p, think=True) == "7 0 1 3 8</think><answer>8</answer>"
+    assert ChainTask.completion(p, think=True) == "+7=7+3=0-9=1+2=3+5=8</think><answer>8</answer>"
     assert ChainTask.completion(p, think=False) == "</think><answer>8</answer>"
 
 
+def test_each_step_is_as_far_from_its_term_as_every_other():
+    """The property that makes the worked steps learnable: four tokens per term in the question and
+    four per step in the reasoning, so every copied digit sits at one fixed distance from its source."""
+    tok = build_tokenizer()
+    task = ChainTask(operators="+")
+    p = task.corpus_problems(seed=3, n=1)[0]
+    prompt = tok(render_prompt(tok, p.question), add_special_tokens=False).input_ids
+    full = tok(render_prompt(tok, p.question) + task.completion(p, think=True), add_special_tokens=False).input_ids
+    digit_ids = {tok.convert_tokens_to_ids(str(d)) for d in range(10)}
+    src = [i for i, t in enumerate(prompt) if t in digit_ids][: len(p.digits)]
+    dst = [len(prompt) + 1 + 4 * k for k in range(len(p.digits))]
+    assert [full[i] for i in src] == [full[j] for j in dst]
+    assert len({j - i for i, j in zip(src, dst)}) == 1
+
+
 def test_random_answers_match_python_arithmetic():
-    task = ChainTask()
+    task = ChainTask(min_terms=5, max_terms=9)
     rng = random.Random(0)
     for _ in range(500):
         p = task.random_problem(rng)
@@ -43,6 +58,6 @@ def test_prompt_template_prefills_think():
     tok = build_tokenizer()
     text = render_prompt(tok, "What is 1+2 mod 10?")
     assert text == "<|begin|>User: What is 1+2 mod 10?\nAssistant: <think>"
-    ids = tok(text + "1+2=3</think><answer>3</answer>", add_special_tokens=False).input_ids
+    ids = tok(text + "+1=1+2=3</think><answer>3</answer>", add_special_tokens=False).input_ids
     assert tok.convert_tokens_to_ids("<think>") in ids and tok.convert_tokens_to_ids("</answer>") in ids
-    assert tok.decode(ids) == text + "1+2=3</think><answer>3</answer>"
+    assert tok.decode(ids) == text + "+1=1+2=3</think><answer>3</answer>"

@@ -17,7 +17,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="a run directory, checkpoint or Hugging Face folder; with --endpoint the remote model name")
     p.add_argument("--endpoint", metavar="URL", help="OpenAI-compatible base URL ending in /v1")
     p.add_argument("--api-key", help="bearer token for --endpoint (default: $OPENAI_API_KEY)")
-    p.add_argument("--task", help="task whose prompts to sample and whose rewards grade them (default: chain)  [task.name]")
+    p.add_argument("--task", help="task whose prompts to sample and whose rewards grade them (default: the model's run's "
+                                 "task, else chain)  [task.name]")
     p.add_argument("--data-dir", help="data root holding gsm8k/, math500/, ... (default: $NANOSEEK_DATA_DIR or ./data)")
     p.add_argument("--out", required=True, help="output chat JSONL file")
     p.add_argument("--config", help="TOML file with a [sample] table (and optionally [task])")
@@ -47,6 +48,10 @@ def run(args) -> int:
     apply_overrides(data, list(args.set))
     cfg = build(SampleConfig, data["sample"], "sample")
     task_cfg = data.get("task", {})
+    if not task_cfg and not args.endpoint:  # a nanoseek run: its own task and options, as nanoseek eval does
+        from nanoseek.eval_run import EvalSettings, model_run_config
+
+        task_cfg = model_run_config(EvalSettings(model=args.model)).get("task") or {}
     name = args.task or task_cfg.get("name") or "chain"
     options = task_cfg.get("options", {}) if name == task_cfg.get("name") else {}
     task = get_task(name, data_dir=args.data_dir or task_cfg.get("data_dir"), **options)
