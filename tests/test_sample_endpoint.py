@@ -14,7 +14,7 @@ from nanoseek.tasks.chain import ChainProblem, ChainTask
 
 def _reply(question: str, seed: int) -> dict:
     """Planted by seed: even seeds answer right, odd wrong; seeds divisible by 3 mix languages."""
-    expr = re.search(r"What is (\S+) mod", question).group(1)
+    expr = re.search(r"What is (.+?) mod", question).group(1)
     digits = [int(d) for d in re.findall(r"\d", expr)]
     ops = re.findall(r"[+-]", expr)
     p = ChainProblem(tuple(digits), tuple(ops))
