@@ -13,7 +13,7 @@ from nanoseek.rl.trainer import GRPOTrainer
 from test_trainer_helpers import ToyTask, even_reward, flat_params, native_policy, qwen_policy, toy_config
 
 STEPS = 2
-EXACT = ("reward/mean", "reward/std", "reward/zero_spread_groups", "completion/mean_length", "sampling/rounds",
+EXACT = ("reward/mean", "reward/std", "groups/zero_spread", "completion/mean_length", "sampling/rounds",
          "sampling/kept_groups", "data/position")
 
 

@@ -47,7 +47,7 @@ def test_grpo_steps_raise_toy_reward(make):
 def test_metrics_and_samples():
     tr = GRPOTrainer(qwen_policy(), ToyTask(), toy_config(beta=0.04), seed=0)
     m, samples = tr.step(0)
-    for key in ("reward/mean", "reward/std", "reward/even", "reward/zero_spread_groups", "completion/truncated",
+    for key in ("reward/mean", "reward/std", "reward/even", "groups/zero_spread", "completion/truncated",
                 "completion/mean_length", "completion/min_length", "completion/max_length", "entropy", "kl",
                 "clip_ratio/low", "clip_ratio/high", "grad_norm", "lr", "tokens_per_s", "time/rollout",
                 "time/reward", "time/update", "grader/timeouts", "grader/parse_failures", "loss"):
@@ -108,7 +108,7 @@ def test_dynamic_sampling_drops_zero_spread_groups_and_draws_more():
     assert [s["pos"] for s in ro.kept] == sorted(s["pos"] for s in ro.kept)
     m, _ = tr.step(0)
     assert m["sampling/rounds"] >= 2 and m["sampling/kept_groups"] == 4
-    assert 0.3 < m["reward/zero_spread_groups"] < 0.7  # health describes every sampled group
+    assert 0.3 < m["groups/zero_spread"] < 0.7  # health describes every sampled group
     # without dynamic sampling the zero-spread groups stay in the batch
     plain = GRPOTrainer(qwen_policy(), _HalfFlatTask(), toy_config(max_new_tokens=6), seed=0).sampler.collect(0, 0)
     assert plain.rounds == 1 and any(s["zero_spread"] for s in plain.kept)
@@ -192,12 +192,12 @@ def test_learning_rate_schedules():
 def test_health_alarms_fire_once_with_the_fix():
     out = io.StringIO()
     alarms = Alarms(stream=out)
-    base = {"completion/truncated": 0.1, "reward/zero_spread_groups": 0.1, "entropy": 2.0, "grader/calls": 10,
+    base = {"completion/truncated": 0.1, "groups/zero_spread": 0.1, "entropy": 2.0, "grader/calls": 10,
             "grader/timeouts": 0}
     assert alarms.check({**base, "step": 1}) == []
     assert alarms.check({**base, "step": 2, "completion/truncated": 0.9}) == ["truncated"]
     assert alarms.check({**base, "step": 3, "completion/truncated": 0.9}) == []  # once
-    fired = alarms.check({**base, "step": 4, "reward/zero_spread_groups": 0.8, "entropy": 0.01,
+    fired = alarms.check({**base, "step": 4, "groups/zero_spread": 0.8, "entropy": 0.01,
                           "grader/timeouts": 3})
     assert fired == ["zero_spread", "entropy_collapse", "grader_timeouts"]
     text = out.getvalue()

@@ -9,8 +9,8 @@ Metric names (one record per step in ``metrics.jsonl``):
 
 * ``reward/mean``, ``reward/std``: combined reward over every sampled completion;
   ``reward/<name>``, ``reward/<name>/std``: each reward function (valid values only);
-* ``reward/zero_spread_groups``: share of sampled groups whose rewards are all equal;
-  ``reward/invalid``: share of completions whose reward is None (not judged);
+* ``groups/zero_spread``: share of sampled groups whose rewards are all equal;
+  ``completion/unjudged``: share of completions whose reward is None (not judged);
 * ``completion/{mean,min,max}_length``: generated tokens; ``completion/truncated``: share that hit
   ``max_new_tokens`` without a stop; ``completion/thinking``: share with a non-empty think block;
 * ``entropy``: mean per-token entropy of the policy on its completions; ``kl``: mean per-token k3 KL
@@ -61,8 +61,8 @@ def rollout_metrics(sampled: list[dict], kept: list[dict], rounds: int, grader: 
     out = {
         "reward/mean": mean,
         "reward/std": std,
-        "reward/zero_spread_groups": sum(s["zero_spread"] for s in sampled) / max(1, len(sampled)),
-        "reward/invalid": sum(r is None for r in rewards) / max(1, n),
+        "groups/zero_spread": sum(s["zero_spread"] for s in sampled) / max(1, len(sampled)),
+        "completion/unjudged": sum(r is None for r in rewards) / max(1, n),
         "completion/mean_length": sum(lengths) / max(1, len(lengths)),
         "completion/min_length": min(lengths, default=0),
         "completion/max_length": max(lengths, default=0),
@@ -99,8 +99,8 @@ class Alarms:
         values = {}
         if m.get("completion/truncated", 0) > MOST:
             values["truncated"] = m["completion/truncated"]
-        if m.get("reward/zero_spread_groups", 0) > MOST:
-            values["zero_spread"] = m["reward/zero_spread_groups"]
+        if m.get("groups/zero_spread", 0) > MOST:
+            values["zero_spread"] = m["groups/zero_spread"]
         ent = m.get("entropy")
         if ent is not None and math.isfinite(ent):
             if self.first_entropy is None:
@@ -130,4 +130,4 @@ def progress_fields(m: dict) -> dict:
     """The few numbers worth a glance on the progress line."""
     return {"reward": m.get("reward/mean"), "acc": m.get("reward/accuracy"), "len": m.get("completion/mean_length"),
             "think": m.get("completion/thinking"), "trunc": m.get("completion/truncated"),
-            "flat": m.get("reward/zero_spread_groups"), "ent": m.get("entropy"), "kl": m.get("kl")}
+            "flat": m.get("groups/zero_spread"), "ent": m.get("entropy"), "kl": m.get("kl")}
