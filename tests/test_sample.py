@@ -23,7 +23,7 @@ def test_each_planted_candidate_is_dropped_by_exactly_its_filter():
     eval_problem = "What is 1+6+5+1-7-2+8-6 mod 10?"
     index = EvalIndex.build({"chain": [eval_problem, "What is 4-4+2+9-1 mod 10?"]}, n=8)
     cfg = SampleConfig(max_length=40, max_per_prompt=2, max_paragraph_chars=60)
-    loop = "0+0=0 " * 6
+    loop = "0+0=0 " * 10
     planted = [
         ("keep", cand()),
         ("contaminated", cand(prompt="what is 1 + 6 + 5 + 1 - 7 - 2 + 8 - 6 mod 10 ?")),
@@ -80,8 +80,9 @@ def test_template_ngrams_do_not_make_every_templated_prompt_a_copy():
 def test_filter_helpers():
     assert tokens("What is 7+3?") == ["what", "is", "7", "+", "3", "?"]
     assert ngrams("a b", 8) == {("a", "b")}
-    assert repetition_loop("abc " * 10) and repetition_loop("x" + "wait, " * 5)
+    assert repetition_loop("abc " * 10) and repetition_loop("x" + "wait, " * 8) and repetition_loop("0 " * 16)
     assert not repetition_loop("7+3=0 0-9=1 1+2=3 3+5=8") and not repetition_loop("")
+    assert not repetition_loop("+8=8+3=1+0=1+0=1+0=1+0=1+8=9+8=7")  # a worked sum adding zeros is not a loop
     assert not mixed_language("7+3=0 0-9=1") and not mixed_language("so x = 3")
     assert mixed_language("Let me think 让我想想 again") and not mixed_language("让我想想", "zh")
 

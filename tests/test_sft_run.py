@@ -55,7 +55,7 @@ def test_sft_run_on_a_transformers_model_writes_the_run_directory_and_resumes(tm
     # stop after 3 steps: the wall-time limit writes a checkpoint, then resume finishes the run
     recipe.run.max_wall_seconds = 1e-9
     run_sft(recipe, out=str(out))
-    assert (out / "checkpoints" / "step-1").is_dir()
+    assert (out / "checkpoints" / "step-1").is_dir() and not (out / "summary.json").exists()  # stopped, not finished
     recipe.run.max_wall_seconds = 0.0
     run_sft(recipe, out=str(out), resume=True)
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

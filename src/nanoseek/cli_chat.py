@@ -32,8 +32,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="content = the body of <answer>...</answer> (R1-Zero models); auto: when the tokenizer has the tag")
 
 
-async def _reply(engine, req, show_thinking: bool, color: bool, out=sys.stdout) -> tuple[str | None, str]:
-    """Stream one reply; returns (content, finish_reason)."""
+async def _reply(engine, req, show_thinking: bool, color: bool, out=None) -> tuple[str | None, str]:
+    """Stream one reply to ``out`` (default: the current ``sys.stdout``); returns (content, finish_reason)."""
+    out = out if out is not None else sys.stdout
     from nanoseek.serve.reasoning import collect
 
     handle = engine.submit(req)

@@ -67,6 +67,8 @@ def build_distill_config(data: dict) -> DistillConfig:
     out = dict(data)
     for sec in ("task", "pretrain", "eval", "grpo"):
         out[sec] = {**zero.get(sec, {}), **data.get(sec, {})}
+    if "threads" in zero.get("run", {}):
+        out["run"] = {"threads": zero["run"]["threads"], **data.get("run", {})}
     cfg = build(DistillConfig, out)
     if not cfg.teacher:
         raise NanoseekError("nanoseek distill needs --teacher (a run directory, checkpoint, Hugging Face folder, "

@@ -114,6 +114,8 @@ def resolve_r1_dict(data: dict) -> dict:
         out[sec] = {**zero.get(sec, {}), **data.get(sec, {})}
     given = data.get("model", {})
     out["model"] = dict(given) if given.get("path") else {**zero.get("model", {}), **given}
+    if "threads" in zero.get("run", {}):  # the same machine setting as the R1-Zero recipe unless set here
+        out["run"] = {"threads": zero["run"]["threads"], **data.get("run", {})}
     out["zero_grpo"] = {**zero.get("grpo", {}), **data.get("zero_grpo", {})}
     for stage in ("reasoning_rl", "all_rl"):
         out[stage] = {**zero.get("grpo", {}), **data.get(stage, {})}

@@ -15,8 +15,10 @@ too_long            cut at the token budget, or longer than ``max_length`` token
 malformed           not well formed for the template (closed think block, a parsable answer)
 code_block          a code fence in the chain of thought (R1 sec. 2.3.3)
 long_paragraph      a paragraph of the CoT over ``max_paragraph_chars`` (0: off; R1 sec. 2.3.3)
-repetition          a repetition loop: a chunk of at least ``repeat_min_chars`` repeated
-                    ``repeat_min_times`` times in a row (R1 README: R1-Zero's "endless repetition")
+repetition          a repetition loop: a chunk of at least ``repeat_min_chars`` (8) characters repeated
+                    ``repeat_min_times`` (4) times in a row (R1 README: R1-Zero's "endless repetition");
+                    a short-period loop counts once it runs that long, since a multiple of its
+                    period is a period too, while ``+0=1+0=1+0=1`` in a worked sum does not
 mixed_language      the CoT has words and under ``min_language_share`` of them are in ``language``
                     (the language-consistency measure of R1 sec. 2.3.2)
 duplicate           the same prompt and completion (whitespace-normalised) was already kept
@@ -64,7 +66,7 @@ class SampleConfig:
     require_format: bool = True
     allow_code_blocks: bool = False  # R1 sec. 2.3.3 drops CoTs with code blocks
     max_paragraph_chars: int = 0
-    repeat_min_chars: int = 4
+    repeat_min_chars: int = 8
     repeat_min_times: int = 4
     repeat_max_period: int = 200
     language: str = "en"
@@ -101,7 +103,7 @@ class Candidate:
 
 
 # ------------------------------------------------------------------------------------- filters
-def repetition_loop(text: str, min_chars: int = 4, min_times: int = 4, max_period: int = 200) -> bool:
+def repetition_loop(text: str, min_chars: int = 8, min_times: int = 4, max_period: int = 200) -> bool:
     """True when some chunk of ``min_chars`` to ``max_period`` characters repeats ``min_times`` times
     in a row (a run of ``(min_times - 1) * period`` characters equal to those one period earlier)."""
     if len(text) < min_chars * min_times:

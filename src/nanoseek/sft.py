@@ -223,6 +223,9 @@ def sft_stage(policy, chats: list[list[dict]], cfg: SFTConfig, run, run_cfg: Run
     summary = {"title": title, "examples": len(examples), "chats": len(chats), "dropped_too_long": dropped,
                "completion_tokens": n_tok, "steps": done, "planned_steps": steps, "command": command,
                "train_seconds": round(train_seconds, 1)}
+    if done < steps:  # stopped by run.max_wall_seconds: no final evaluation; summary.json means finished
+        atomic_write_json(wall_path, {"seconds": time.time() - t_start + prior})
+        return {**summary, "stopped": True}
     after_samples: list[dict] = []
     if evaluate:
         final, res = run_eval(policy, task, holder, "eval after")
@@ -287,6 +290,10 @@ def run_sft(recipe: SFTRecipe, out: str | None = None, resume: bool = False, com
     torch.manual_seed(recipe.run.seed)
     summary = sft_stage(policy, chats, recipe.sft, run, recipe.run, task=task, eval_cfg=recipe.eval,
                         title=f"nanoseek sft: {Path(str(recipe.model['path'])).name}", command=command)
+    if summary.get("stopped"):
+        print(f"[nanoseek] stopped at step {summary['steps']} of {summary['planned_steps']}; continue with "
+              f"nanoseek sft --resume {run.path}", flush=True)
+        return run.path
     if "final" in summary:
         print(f"[nanoseek] pass@1 {summary['base']['pass@1']:.3f} -> {summary['final']['pass@1']:.3f}", flush=True)
     print(f"[nanoseek] report: {run.report_path}", flush=True)
