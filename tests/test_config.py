@@ -32,3 +32,12 @@ def test_overrides_parse_toml_values():
 def test_missing_recipe_is_named():
     with pytest.raises(NanoseekError, match="config 'nope' not found"):
         load_config_dict("nope")
+
+
+def test_wrong_value_type_is_named():
+    with pytest.raises(NanoseekError, match=r"config key grpo\.steps must be int, got 'abc'"):
+        build_zero_config({"grpo": {"steps": "abc"}})
+    with pytest.raises(NanoseekError, match=r"config key run\.seed must be int, got 1.5"):
+        build_zero_config({"run": {"seed": 1.5}})
+    cfg = build_zero_config({"eval": {"temperature": 1}, "grpo": {"epsilon_high": None}})
+    assert cfg.eval.temperature == 1.0 and isinstance(cfg.eval.temperature, float)

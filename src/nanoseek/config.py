@@ -264,15 +264,30 @@ def _build(cls, data: dict, where: str):
     for key, value in data.items():
         if key not in fields:
             raise NanoseekError(f"unknown config key {where}.{key}; known keys: {', '.join(sorted(fields))}")
-        sub = fields[key].type
         sub_cls = _SECTIONS.get(key) if cls is ZeroConfig else None
-        kwargs[key] = _build(sub_cls, value, key) if sub_cls else value
+        kwargs[key] = _build(sub_cls, value, key) if sub_cls else _check_type(value, fields[key].type, f"{where}.{key}")
     if cls is GRPOConfig:
         kwargs = apply_grpo_preset(kwargs)
     try:
         return cls(**kwargs)
     except TypeError as e:  # wrong value types surface here
         raise NanoseekError(f"bad config section [{where}]: {e}") from None
+
+
+_TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "dict": (dict,), "list": (list,)}
+
+
+def _check_type(value, annotation, name: str):
+    """``value`` if it fits the field's annotation (``int``, ``float | None``, ...), else a
+    ``NanoseekError`` naming the key, the expected type and the value."""
+    names = [t.strip() for t in str(annotation).split("|")]
+    if value is None and "None" in names:
+        return value
+    allowed = tuple(t for n in names for t in _TYPES.get(n, ()))
+    if not allowed or (isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed)):
+        return float(value) if "float" in names and "int" not in names and isinstance(value, int) else value
+    want = " or ".join(n for n in names)
+    raise NanoseekError(f"config key {name} must be {want}, got {value!r}")
 
 
 _SECTIONS = {"run": RunConfig, "task": TaskConfig, "pretrain": PretrainConfig, "grpo": GRPOConfig, "eval": EvalConfig}
