@@ -214,6 +214,8 @@ def run_zero(cfg: ZeroConfig, out: str | None = None, resume: bool = False, comm
             metrics.update({"eval/pass@1": m["pass@1"], "eval/well_formed": m["well_formed"],
                             "eval/thinking": m["thinking"], "eval/mean_length": m["mean_length"]})
         run.log_metrics(metrics)
+        # the time so far, so that a run killed and resumed still reports its whole wall time
+        atomic_write_json(run.path / "wall.json", {"seconds": time.time() - t_start + prior})
         trainer.log_external(metrics, run.path)
         run.log_samples(samples)
         bar.update(1, **trainer.progress_fields(metrics))
