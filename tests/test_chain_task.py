@@ -61,3 +61,17 @@ def test_prompt_template_prefills_think():
     ids = tok(text + "+1=1+2=3</think><answer>3</answer>", add_special_tokens=False).input_ids
     assert tok.convert_tokens_to_ids("<think>") in ids and tok.convert_tokens_to_ids("</answer>") in ids
     assert tok.decode(ids) == text + "+1=1+2=3</think><answer>3</answer>"
+
+
+def test_asking_for_more_problems_than_exist_is_an_error():
+    import pytest
+
+    from nanoseek import NanoseekError
+
+    with pytest.raises(NanoseekError, match="allow only 100"):
+        ChainTask(min_terms=2, max_terms=2, operators="+", n_test=10, n_train=500)
+    task = ChainTask(min_terms=2, max_terms=2, operators="+", n_test=10, n_train=50)
+    assert task.distinct_problems() == 100
+    with pytest.raises(NanoseekError, match="allow only 90"):
+        task.sample_problems(seed=0, n=91)
+    assert len(task.sample_problems(seed=0, n=90)) == 90

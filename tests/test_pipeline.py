@@ -135,3 +135,10 @@ def test_tiny_r1_resume_from_a_stage_redoes_it(tiny_r1):
     after = json.loads((tiny_r1 / "summary.json").read_text())["stages"]
     assert after["rejection_sft"] == before["rejection_sft"]  # earlier stages untouched
     assert after["all_rl"]["pass@1"] == pytest.approx(before["all_rl"]["pass@1"])  # same seeds: same result
+
+
+def test_a_wrong_value_type_names_the_key():
+    with pytest.raises(NanoseekError, match=r"rejection.sft.epochs must be float"):
+        build_r1_config(load("r1-cpu", ['rejection.sft.epochs="two"']))
+    cfg = build_r1_config(load("r1-cpu", ["cold_start.sft.lr=1"]))
+    assert isinstance(cfg.cold_start.sft.lr, float)

@@ -144,7 +144,7 @@ def run_distill(cfg: DistillConfig, out: str | None = None, resume: bool = False
         timed("student_pretrain", lambda: build_base(cfg.zero_config(cfg.student, "student"), task, run))
     student = load_policy(student_path, cfg.task.system_prompt)
     if not (p / "eval_base.json").exists():
-        m, res = run_eval(student, task, cfg, "eval student base")
+        m, _ = run_eval(student, task, cfg, "eval student base")
         atomic_write_json(p / "eval_base.json", {"metrics": m, "samples": []})
     base_eval = _read(p / "eval_base.json")["metrics"]
 
@@ -199,6 +199,9 @@ def run_distill(cfg: DistillConfig, out: str | None = None, resume: bool = False
         _log(f"GRPO-only student for {budget:.0f} s (the distillation's sampling + SFT time)")
         timed("grpo_only", lambda: run_zero(zcfg, out=str(folder), resume=True, command=command))
     summary = write_distill_report(run, cfg, task, student_params=n_params(student.model), budget=budget)
+    g = summary["grpo_only"]
+    _log(f"teacher pass@1 {summary['teacher']['metrics']['pass@1']:.3f}, distilled student "
+         f"{summary['distilled']['pass@1']:.3f}" + (f", GRPO-only student {g['pass@1']:.3f}" if g else ""))
     _log(f"report: {run.report_path}")
     return run.path
 
@@ -244,7 +247,7 @@ def write_distill_report(run, cfg: DistillConfig, task, student_params: int, bud
         lines.append(f"- Distilled student reaches {d / t:.1%} of the teacher's pass@1.")
     if grpo:
         g = grpo["final"]["pass@1"]
-        word = "beats" if d > g else "does NOT beat"
+        word = "beats" if d > g else ("only ties with" if d == g else "does NOT beat")
         lines.append(f"- Distillation {word} GRPO alone on the same student with the same wall time "
                      f"({format_duration(budget)}: teacher sampling + student SFT; GRPO ran {grpo.get('steps')} steps "
                      f"in it): pass@1 {d:.3f} vs {g:.3f}. The teacher's own training is not counted (as in R1 Table 6).")

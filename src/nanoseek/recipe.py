@@ -29,20 +29,24 @@ def build(cls, data: dict | None, where: str = "recipe"):
     """An instance of dataclass ``cls`` from ``data`` (nested dataclass fields from sub-tables).
 
     Raises ``NanoseekError`` for a key that is not a field (naming it and the known keys), a
-    section that is not a table, or a value of the wrong kind (from the dataclass's checks).
+    section that is not a table, or a value of the wrong type (``config._check_type``: the key, the
+    expected type and the value are named) or out of range (the dataclass's own checks).
     """
     data = {} if data is None else data
     if not isinstance(data, dict):
         raise NanoseekError(f"config section [{where}] must be a table, got {type(data).__name__}")
+    from nanoseek import config
+
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    check = getattr(config, "_check_type", lambda value, annotation, name: value)  # same type checks as config.py
     kwargs = {}
     for key, value in data.items():
         if key not in fields:
             raise NanoseekError(f"unknown config key {where}.{key}; known keys: {', '.join(sorted(fields))}")
         sub = _dataclass_of(hints[key])
-        kwargs[key] = build(sub, value, f"{where}.{key}" if where != "recipe" else key) if sub and value is not None else value
-    from nanoseek import config
+        name = f"{where}.{key}" if where != "recipe" else key
+        kwargs[key] = build(sub, value, name) if sub and value is not None else check(value, fields[key].type, name)
 
     preset = getattr(config, "apply_grpo_preset", None)  # a GRPO ``preset`` fills the fields left unset
     if cls is config.GRPOConfig and preset is not None:

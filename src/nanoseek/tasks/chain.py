@@ -20,6 +20,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from nanoseek import NanoseekError
 from nanoseek.tasks.base import Example, Task
 from nanoseek.tokenizer import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE
 
@@ -93,13 +94,17 @@ class ChainTask(Task):
     def __init__(self, min_terms: int = 8, max_terms: int = 8, modulus: int = 10, n_test: int = 200,
                  test_seed: int = 1000, train_seed: int = 2000, n_train: int = 20000, operators: str = "+-"):
         if not 2 <= min_terms <= max_terms:
-            raise ValueError(f"chain task needs 2 <= min_terms <= max_terms, got {min_terms}, {max_terms}")
+            raise NanoseekError(f"chain task needs 2 <= min_terms <= max_terms, got {min_terms}, {max_terms}")
         if not 2 <= modulus <= 10:
-            raise ValueError(f"chain task modulus must be in [2, 10] (one-digit operands), got {modulus}")
+            raise NanoseekError(f"chain task modulus must be in [2, 10] (one-digit operands), got {modulus}")
         if not operators or set(operators) - {"+", "-"}:
-            raise ValueError(f"chain task operators must be a non-empty string of '+' and '-', got {operators!r}")
+            raise NanoseekError(f"chain task operators must be a non-empty string of '+' and '-', got {operators!r}")
         self.min_terms, self.max_terms, self.modulus, self.operators = min_terms, max_terms, modulus, operators
         self.n_test, self.test_seed, self.train_seed, self.n_train = n_test, test_seed, train_seed, n_train
+        if n_test + n_train > self.distinct_problems():
+            raise NanoseekError(f"chain task: n_test + n_train = {n_test + n_train} distinct problems asked for, but "
+                                f"{min_terms}-{max_terms} terms with operators {operators!r} allow only "
+                                f"{self.distinct_problems()}; lower n_train/n_test or allow more terms")
         self._test = self._draw(random.Random(test_seed), n_test, exclude=set())
         self._test_keys = {p.expression for p in self._test}
 
@@ -110,7 +115,17 @@ class ChainTask(Task):
         ops = tuple(rng.choice(self.operators) for _ in range(n - 1))
         return ChainProblem(digits, ops, self.modulus)
 
+    def distinct_problems(self) -> int:
+        """How many distinct problems the settings allow (digits and operator choices)."""
+        k = len(set(self.operators))
+        return sum(10 ** n * k ** (n - 1) for n in range(self.min_terms, self.max_terms + 1))
+
     def _draw(self, rng: random.Random, n: int, exclude: set[str]) -> list[ChainProblem]:
+        available = self.distinct_problems() - len(exclude)
+        if n > available:
+            raise NanoseekError(f"chain task: {n} distinct problems asked for, but {self.min_terms}-{self.max_terms} "
+                             f"terms with operators {self.operators!r} allow only {available} (after excluding "
+                             f"{len(exclude)} held-out ones); lower n_train/n_test or allow more terms")
         out, seen = [], set(exclude)
         while len(out) < n:
             p = self.random_problem(rng)
