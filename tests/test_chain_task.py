@@ -69,9 +69,10 @@ def test_asking_for_more_problems_than_exist_is_an_error():
     from nanoseek import NanoseekError
 
     with pytest.raises(NanoseekError, match="allow only 100"):
-        ChainTask(min_terms=2, max_terms=2, operators="+", n_test=10, n_train=500)
-    task = ChainTask(min_terms=2, max_terms=2, operators="+", n_test=10, n_train=50)
+        ChainTask(min_terms=2, max_terms=2, operators="+", n_test=101)
+    task = ChainTask(min_terms=2, max_terms=2, operators="+", n_test=10, n_train=500)
     assert task.distinct_problems() == 100
+    assert len(task.examples("train")) == 90  # capped at what exists
     with pytest.raises(NanoseekError, match="allow only 90"):
         task.sample_problems(seed=0, n=91)
     assert len(task.sample_problems(seed=0, n=90)) == 90

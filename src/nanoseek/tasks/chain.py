@@ -85,6 +85,7 @@ class ChainTask(Task):
         n_test: size of the held-out test split.
         test_seed: seed of the held-out split (fixed so every run evaluates the same problems).
         train_seed: seed of the RL prompt stream.
+        n_train: size of the train split (capped at the number of distinct non-test problems).
     """
 
     name = "chain"
@@ -101,10 +102,9 @@ class ChainTask(Task):
             raise NanoseekError(f"chain task operators must be a non-empty string of '+' and '-', got {operators!r}")
         self.min_terms, self.max_terms, self.modulus, self.operators = min_terms, max_terms, modulus, operators
         self.n_test, self.test_seed, self.train_seed, self.n_train = n_test, test_seed, train_seed, n_train
-        if n_test + n_train > self.distinct_problems():
-            raise NanoseekError(f"chain task: n_test + n_train = {n_test + n_train} distinct problems asked for, but "
-                                f"{min_terms}-{max_terms} terms with operators {operators!r} allow only "
-                                f"{self.distinct_problems()}; lower n_train/n_test or allow more terms")
+        if n_test > self.distinct_problems():
+            raise NanoseekError(f"chain task: n_test = {n_test} distinct problems asked for, but {min_terms}-{max_terms} "
+                                f"terms with operators {operators!r} allow only {self.distinct_problems()}")
         self._test = self._draw(random.Random(test_seed), n_test, exclude=set())
         self._test_keys = {p.expression for p in self._test}
 
@@ -146,7 +146,10 @@ class ChainTask(Task):
     # -- Task API -----------------------------------------------------------------------------
     def examples(self, split: str) -> list[Example]:
         self.check_split(split)
-        problems = self._test if split == "test" else self.sample_problems(self.train_seed, self.n_train)
+        if split == "test":
+            problems = self._test
+        else:  # at most n_train: all the remaining distinct problems when there are fewer
+            problems = self.sample_problems(self.train_seed, min(self.n_train, self.distinct_problems() - self.n_test))
         return [self.to_example(p) for p in problems]
 
     @staticmethod
