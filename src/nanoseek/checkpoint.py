@@ -118,3 +118,19 @@ def load_weights_into(model, checkpoint: Path) -> None:
     from nanoseek.model.hf import load_model
 
     model.load_state_dict(load_model(checkpoint).state_dict())
+
+
+def resume_from_latest(run, model, optimizer) -> int:
+    """Continue from ``run``'s newest checkpoint, if any: load the weights into ``model``, the
+    optimizer and every RNG state, drop log lines written after it; return its step (0 if none)."""
+    from nanoseek.model.hf import load_state_into
+
+    latest = run.latest_checkpoint()
+    if latest is None:
+        return 0
+    load_state_into(model, latest)
+    state, rng, meta = load_trainer_state(latest)
+    optimizer.load_state_dict(state["optimizer"])
+    set_rng_state(rng)
+    run.truncate_logs_after(meta["step"])
+    return int(meta["step"])

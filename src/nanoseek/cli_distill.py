@@ -54,16 +54,10 @@ def student_spec(arg: str) -> dict:
 
 
 def run(args) -> int:
-    from nanoseek.config import apply_overrides, load_config_dict
+    from nanoseek.config import apply_overrides, resume_or_recipe_dict
     from nanoseek.distill import build_distill_config, run_distill
-    from nanoseek.runs import RunDir
 
-    if args.resume:
-        if not Path(args.resume).is_dir() or not RunDir(args.resume).config_path.exists():
-            raise NanoseekError(f"cannot resume: {args.resume} is not a run directory")
-        data = RunDir(args.resume).read_config()
-    else:
-        data = load_config_dict(args.config)
+    data = resume_or_recipe_dict(args.resume, args.config)
     apply_overrides(data, list(args.set))
     if args.teacher:
         data["teacher"] = args.teacher

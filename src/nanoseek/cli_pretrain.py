@@ -90,8 +90,8 @@ def _mark_final(run) -> None:
 def pretrain_corpus(cfg, run, data: str, seq_len: int) -> None:
     """Pretrain on a user corpus into ``run`` (resumable); the result is ``RUN_DIR/base/``."""
     from nanoseek.atomic import atomic_dir
-    from nanoseek.checkpoint import load_trainer_state, save_checkpoint, save_model_folder, set_rng_state
-    from nanoseek.model.hf import load_model, load_state_into, resolve_model_dir
+    from nanoseek.checkpoint import resume_from_latest, save_checkpoint, save_model_folder
+    from nanoseek.model.hf import load_model, resolve_model_dir
     from nanoseek.pretrain import pretrain
     from nanoseek.progress import Progress
     from nanoseek.sft import SFTConfig, make_optimizer
@@ -113,15 +113,7 @@ def pretrain_corpus(cfg, run, data: str, seq_len: int) -> None:
     pc = cfg.pretrain
     docs = window_documents(corpus_tokens(data, tok), seq_len, pc.corpus_seed)
     optimizer = make_optimizer(model, SFTConfig(lr=pc.lr, weight_decay=pc.weight_decay))
-    start = 0
-    latest = run.latest_checkpoint()
-    if latest is not None:
-        load_state_into(model, latest)
-        state, rng, meta = load_trainer_state(latest)
-        optimizer.load_state_dict(state["optimizer"])
-        set_rng_state(rng)
-        start = meta["step"]
-        run.truncate_logs_after(start)
+    start = resume_from_latest(run, model, optimizer)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"[nanoseek] pretraining {n_params / 1e6:.2f}M parameters on {data} for {pc.steps} steps", flush=True)
     bar = Progress(pc.steps, "pretrain", initial=start)

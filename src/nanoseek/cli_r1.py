@@ -11,9 +11,7 @@ With no arguments it runs the embedded CPU recipe ``configs/r1-cpu.toml`` (see `
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from nanoseek import NanoseekError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -30,16 +28,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from nanoseek.config import apply_overrides, load_config_dict
+    from nanoseek.config import apply_overrides, resume_or_recipe_dict
     from nanoseek.pipeline import build_r1_config, run_r1
-    from nanoseek.runs import RunDir
 
-    if args.resume:
-        if not Path(args.resume).is_dir() or not RunDir(args.resume).config_path.exists():
-            raise NanoseekError(f"cannot resume: {args.resume} is not a run directory")
-        data = RunDir(args.resume).read_config()
-    else:
-        data = load_config_dict(args.config)
+    data = resume_or_recipe_dict(args.resume, args.config)
     overrides = list(args.set) + ([f"run.seed={args.seed}"] if args.seed is not None else [])
     apply_overrides(data, overrides)
     if args.model:

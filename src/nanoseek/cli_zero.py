@@ -7,9 +7,7 @@ config field; ``--set section.key=value`` reaches any other field.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from nanoseek import NanoseekError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -26,22 +24,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def resolve_config(args) -> tuple[dict, str | None, bool]:
     """The config dict for these arguments, the output directory and whether this is a resume."""
-    from nanoseek.config import apply_overrides, load_config_dict
+    from nanoseek.config import apply_overrides, resume_or_recipe_dict
 
-    if args.resume:
-        run = Path(args.resume)
-        from nanoseek.runs import RunDir
-
-        if not run.is_dir():
-            raise NanoseekError(f"cannot resume: run directory {run} does not exist")
-        stored = RunDir(run)
-        if not stored.config_path.exists():
-            raise NanoseekError(f"cannot resume: {run} has no config.toml, so it is not a nanoseek run directory")
-        data = stored.read_config()
-        out, resume = str(run), True
-    else:
-        data = load_config_dict(args.config)
-        out, resume = args.out, False
+    data = resume_or_recipe_dict(args.resume, args.config)
+    out, resume = (str(args.resume), True) if args.resume else (args.out, False)
     overrides = list(args.set)
     if args.task and args.task != data.get("task", {}).get("name"):
         # another task: the recipe's task options (e.g. chain's min_terms) do not carry over

@@ -339,3 +339,19 @@ def load_config_dict(name_or_path: str) -> dict:
 def build_zero_config(data: dict) -> ZeroConfig:
     """Build and validate a ``ZeroConfig`` from a dict (unknown keys raise ``NanoseekError``)."""
     return _build(ZeroConfig, data, "recipe")
+
+
+def resume_or_recipe_dict(resume: str | None, recipe: str) -> dict:
+    """The config dict a command starts from: the stored config of the run directory ``resume``,
+    else the recipe ``recipe`` (a TOML file or built-in name). Raises ``NanoseekError`` when
+    ``resume`` is not a run directory."""
+    if resume:
+        from nanoseek.runs import RunDir
+
+        if not Path(resume).is_dir():
+            raise NanoseekError(f"cannot resume: run directory {resume} does not exist")
+        run = RunDir(resume)
+        if not run.config_path.exists():
+            raise NanoseekError(f"cannot resume: {resume} has no config.toml, so it is not a nanoseek run directory")
+        return run.read_config()
+    return load_config_dict(recipe)

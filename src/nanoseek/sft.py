@@ -119,24 +119,16 @@ def train_sft(policy, schedule: SFTSchedule, cfg: SFTConfig, run, run_cfg: RunCo
     checkpoint; checkpoint every ``run_cfg.checkpoint_every`` steps and at the end. ``eval_fn(desc)``
     returns eval metrics to log every ``cfg.eval_every`` steps. Returns the steps done (fewer when
     ``run_cfg.max_wall_seconds`` ran out: the run stops with a checkpoint)."""
-    from nanoseek.checkpoint import load_trainer_state, save_checkpoint, set_rng_state
-    from nanoseek.model.hf import load_state_into
+    from nanoseek.checkpoint import resume_from_latest, save_checkpoint
     from nanoseek.pretrain import lr_at
     from nanoseek.progress import Progress
 
     model = policy.model
     steps = cfg.total_steps(schedule.steps_per_epoch)
     optimizer = make_optimizer(model, cfg)
-    start = 0
-    latest = run.latest_checkpoint()
-    if latest is not None:
-        load_state_into(model, latest)
-        state, rng, meta = load_trainer_state(latest)
-        optimizer.load_state_dict(state["optimizer"])
-        set_rng_state(rng)
-        start = meta["step"]
-        run.truncate_logs_after(start)
-        print(f"[nanoseek] {desc}: resumed from {latest} (step {start})", flush=True)
+    start = resume_from_latest(run, model, optimizer)
+    if start:
+        print(f"[nanoseek] {desc}: resumed from {run.latest_checkpoint()} (step {start})", flush=True)
     t_start = wall_start if wall_start is not None else time.time()
     bar = Progress(steps, desc, initial=start)
     done = start
