@@ -61,6 +61,16 @@ def save_model_folder(folder: Path, model, tokenizer) -> None:
             atomic_write_json(cfg_path, cfg)
 
 
+def write_trainer_state(folder: Path, state: dict, meta: dict) -> None:
+    """Write ``folder/trainer_state/``: ``state.pt`` (``state``), ``rng.pt`` (every RNG state now)
+    and ``meta.json`` (``meta``, which holds at least ``step``); read back by ``load_trainer_state``."""
+    ts = Path(folder) / "trainer_state"
+    ts.mkdir()
+    torch.save(state, ts / "state.pt")
+    torch.save(rng_state(), ts / "rng.pt")
+    (ts / "meta.json").write_text(json.dumps(meta, indent=2))
+
+
 def save_checkpoint(run, step: int, model, tokenizer, trainer_state: dict, meta: dict | None = None,
                     keep_last: int | None = None, before_rename: Callable[[Path], None] | None = None) -> Path:
     """Write ``RUN_DIR/checkpoints/step-{step}/`` atomically and point ``latest`` at it.
@@ -77,14 +87,10 @@ def save_checkpoint(run, step: int, model, tokenizer, trainer_state: dict, meta:
     final = run.checkpoint_dir(step)
     with atomic_dir(final) as tmp:
         save_model_folder(tmp, model, tokenizer)
-        ts = tmp / "trainer_state"
-        ts.mkdir()
-        torch.save(trainer_state, ts / "state.pt")
-        torch.save(rng_state(), ts / "rng.pt")
-        (ts / "meta.json").write_text(json.dumps({**(meta or {}), "step": step}, indent=2))
+        write_trainer_state(tmp, trainer_state, {**(meta or {}), "step": step})
         config_path = getattr(run, "config_path", None)
         if config_path is not None and Path(config_path).is_file():
-            shutil.copyfile(config_path, ts / Path(config_path).name)
+            shutil.copyfile(config_path, tmp / "trainer_state" / Path(config_path).name)
         if before_rename is not None:
             before_rename(tmp)
     run.mark_latest(step)

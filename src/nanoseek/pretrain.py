@@ -30,6 +30,15 @@ def lr_at(step: int, total: int, lr: float, warmup: int, min_ratio: float) -> fl
     return lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
+def make_adamw(model, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW with β = (0.9, 0.95) (DeepSeek-V3 sec. 4.2); weight decay on matrices only, none on
+    norms, biases and other vectors."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    rest = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                              {"params": rest, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.95))
+
+
 def pad_right(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad token lists: ``(ids [B, T], mask [B, T])`` with mask 1 on real tokens."""
     T = max(len(s) for s in seqs)
@@ -93,10 +102,7 @@ def pretrain(model, documents: Callable[[int, int], list[list[int]]], cfg: Pretr
     Returns the optimizer (for checkpointing).
     """
     if optimizer is None:
-        decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() >= 2]
-        no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() < 2]
-        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                       {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
+        optimizer = make_adamw(model, cfg.lr, cfg.weight_decay)
     model.train()
     for step in range(start_step, cfg.steps):
         t0 = time.perf_counter()

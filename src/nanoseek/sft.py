@@ -106,10 +106,10 @@ def sft_loss(model, batch: SFTBatch) -> tuple[torch.Tensor, dict]:
 
 
 def make_optimizer(model, cfg: SFTConfig) -> torch.optim.Optimizer:
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    rest = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                              {"params": rest, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
+    """The SFT optimizer: ``nanoseek.pretrain.make_adamw`` at ``cfg.lr`` / ``cfg.weight_decay``."""
+    from nanoseek.pretrain import make_adamw
+
+    return make_adamw(model, cfg.lr, cfg.weight_decay)
 
 
 # ----------------------------------------------------------------------------------------- loop

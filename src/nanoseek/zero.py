@@ -21,7 +21,7 @@ import torch
 
 from nanoseek import NanoseekError
 from nanoseek.atomic import atomic_dir, atomic_write_json
-from nanoseek.checkpoint import load_trainer_state, load_weights_into, save_checkpoint, save_model_folder, set_rng_state
+from nanoseek.checkpoint import load_trainer_state, load_weights_into, save_checkpoint, save_model_folder, set_rng_state, write_trainer_state
 from nanoseek.config import ZeroConfig
 from nanoseek.evaluate import evaluate_policy, results_as_dicts
 from nanoseek.policy import Policy
@@ -72,7 +72,7 @@ def pretrain_base(cfg: ZeroConfig, task, run: RunDir) -> Policy:
     """Pretrain a fresh DeepSeek-V3-style model on the task's generated corpus."""
     from nanoseek.model.config import ModelConfig
     from nanoseek.model.transformer import DeepseekV3ForCausalLM
-    from nanoseek.pretrain import chain_documents, pretrain
+    from nanoseek.pretrain import chain_documents, make_adamw, pretrain
     from nanoseek.tokenizer import build_tokenizer
 
     if not hasattr(task, "corpus_problems"):
@@ -94,10 +94,7 @@ def pretrain_base(cfg: ZeroConfig, task, run: RunDir) -> Policy:
         policy = Policy(model, tok, cfg.task.system_prompt)
         state, rng, meta = load_trainer_state(ckpt)
         start = meta["step"]
-        decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-        no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": pc.weight_decay},
-                                       {"params": no_decay, "weight_decay": 0.0}], lr=pc.lr, betas=(0.9, 0.95))
+        optimizer = make_adamw(model, pc.lr, pc.weight_decay)
         optimizer.load_state_dict(state["optimizer"])
         set_rng_state(rng)
         _log(f"resuming pretraining at step {start}")
@@ -106,27 +103,16 @@ def pretrain_base(cfg: ZeroConfig, task, run: RunDir) -> Policy:
     docs = chain_documents(task, lambda s: tok(s, add_special_tokens=False).input_ids, policy.prompt_text,
                            tok.eos_token_id, pc.think_fraction, pc.corpus_seed)
     bar = Progress(pc.steps, "pretrain", initial=start)
-    opt_holder = {}
+    if optimizer is None:  # made here (not inside pretrain()) so mid-run checkpoints can save it
+        optimizer = make_adamw(model, pc.lr, pc.weight_decay)
 
     def on_step(step: int, m: dict) -> None:
         run.log_metrics({"step": 0, "phase": "pretrain", **m})
         if step % max(1, pc.steps // 4) == 0 and step < pc.steps:
             with atomic_dir(ckpt) as tmp:
                 save_model_folder(tmp, model, tok)
-                (tmp / "trainer_state").mkdir()
-                from nanoseek.checkpoint import rng_state
+                write_trainer_state(tmp, {"optimizer": optimizer.state_dict()}, {"step": step, "phase": "pretrain"})
 
-                torch.save({"optimizer": opt_holder["opt"].state_dict()}, tmp / "trainer_state" / "state.pt")
-                torch.save(rng_state(), tmp / "trainer_state" / "rng.pt")
-                (tmp / "trainer_state" / "meta.json").write_text(json.dumps({"step": step, "phase": "pretrain"}))
-
-    # the optimizer is created inside pretrain(); capture it for mid-run checkpoints
-    if optimizer is None:
-        decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-        no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": pc.weight_decay},
-                                       {"params": no_decay, "weight_decay": 0.0}], lr=pc.lr, betas=(0.9, 0.95))
-    opt_holder["opt"] = optimizer
     pretrain(model, docs, pc, tok.pad_token_id, start_step=start, optimizer=optimizer, on_step=on_step, progress=bar)
     bar.close()
     with atomic_dir(run.path / "base") as tmp:
