@@ -126,17 +126,21 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleave
 class MLACache:
     """The MLA decode cache: per layer only ``c^KV [B, S, kv_lora_rank]`` and ``k^R [B, S, d_rope]``.
 
-    Also keeps the key padding mask ``mask [B, S]`` (True = real token) and ``n_real [B]`` (real tokens
-    seen per row, the next RoPE position). Buffers are preallocated to ``capacity`` and grow by
-    doubling. ``select(rows)`` keeps a subset of rows (generation drops finished rows).
+    Both live in one buffer per layer, ``kv[layer] [B, capacity, kv_lora_rank + d_rope]`` (c^KV
+    first), so that absorbed attention reads keys and values as one tensor; ``latent`` and
+    ``k_rope`` are the two views. Also keeps the key padding mask ``mask [B, S]`` (True = real
+    token) and ``n_real [B]`` (real tokens seen per row, the next RoPE position). Buffers are
+    preallocated to ``capacity`` and grow by doubling. ``select(rows)`` keeps a subset of rows
+    (generation drops finished rows); ``trim_left`` and ``merge`` serve continuous batching.
     Bytes per token: ``num_layers * (kv_lora_rank + d_rope) * itemsize`` (V3: 576 values per layer).
     """
 
     def __init__(self, num_layers: int, batch: int, kv_lora_rank: int, rope_dim: int, capacity: int,
                  dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> None:
         capacity = max(1, capacity)
-        self.latent = [torch.zeros(batch, capacity, kv_lora_rank, dtype=dtype, device=device) for _ in range(num_layers)]
-        self.k_rope = [torch.zeros(batch, capacity, rope_dim, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.kv_lora_rank = kv_lora_rank
+        self.kv = [torch.zeros(batch, capacity, kv_lora_rank + rope_dim, dtype=dtype, device=device)
+                   for _ in range(num_layers)]
         self.mask = torch.zeros(batch, capacity, dtype=torch.bool, device=device)
         self.n_real = torch.zeros(batch, dtype=torch.long, device=device)
         self.length = 0
@@ -146,6 +150,16 @@ class MLACache:
                    device: torch.device | str = "cpu") -> "MLACache":
         """A cache for the main layers of ``config``."""
         return cls(config.num_hidden_layers, batch, config.kv_lora_rank, config.qk_rope_head_dim, capacity, dtype, device)
+
+    @property
+    def latent(self) -> list[torch.Tensor]:
+        """Per layer, the c^KV view ``[B, capacity, kv_lora_rank]``."""
+        return [t[..., : self.kv_lora_rank] for t in self.kv]
+
+    @property
+    def k_rope(self) -> list[torch.Tensor]:
+        """Per layer, the rotated shared key view ``[B, capacity, d_rope]``."""
+        return [t[..., self.kv_lora_rank:] for t in self.kv]
 
     @property
     def batch_size(self) -> int:
@@ -161,7 +175,7 @@ class MLACache:
 
     def bytes_per_token(self) -> int:
         """Cache bytes per token (all layers)."""
-        return sum(t.shape[-1] * t.element_size() for t in self.latent + self.k_rope)
+        return sum(t.shape[-1] * t.element_size() for t in self.kv)
 
     def reserve(self, new_tokens: int) -> None:
         """Make room for ``new_tokens`` more positions (doubling growth)."""
@@ -175,18 +189,18 @@ class MLACache:
             out[:, : self.length] = t[:, : self.length]
             return out
 
-        self.latent = [grow(t) for t in self.latent]
-        self.k_rope = [grow(t) for t in self.k_rope]
+        self.kv = [grow(t) for t in self.kv]
         self.mask = grow(self.mask)
 
     def write(self, layer: int, latent: torch.Tensor, k_rope: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store ``latent [B,T,c]`` / ``k_rope [B,T,d_rope]`` at positions ``length..length+T`` of
         ``layer`` and return views of everything cached for it (``[B, length+T, .]``). The position
         counter moves in ``advance`` once all layers have written."""
-        end = self.length + latent.shape[1]
-        self.latent[layer][:, self.length:end] = latent
-        self.k_rope[layer][:, self.length:end] = k_rope
-        return self.latent[layer][:, :end], self.k_rope[layer][:, :end]
+        end, c = self.length + latent.shape[1], self.kv_lora_rank
+        buf = self.kv[layer]
+        buf[:, self.length:end, :c] = latent
+        buf[:, self.length:end, c:] = k_rope
+        return buf[:, :end, :c], buf[:, :end, c:]
 
     def advance(self, new_mask: torch.Tensor) -> None:
         """Record ``new_mask [B, T]`` (True = real) for the tokens just written and move on by T."""
@@ -196,11 +210,34 @@ class MLACache:
         self.length = end
 
     def select(self, rows: torch.Tensor) -> None:
-        """Keep only batch rows ``rows`` (LongTensor), in that order."""
-        self.latent = [t.index_select(0, rows) for t in self.latent]
-        self.k_rope = [t.index_select(0, rows) for t in self.k_rope]
+        """Keep only batch rows ``rows`` (LongTensor), in that order (repeats allowed)."""
+        self.kv = [t.index_select(0, rows) for t in self.kv]
         self.mask = self.mask.index_select(0, rows)
         self.n_real = self.n_real.index_select(0, rows)
+
+    def trim_left(self, k: int) -> None:
+        """Drop the first ``k`` cached positions (which no row may still need, e.g. all padding)."""
+        self.kv = [t[:, k:] for t in self.kv]
+        self.mask = self.mask[:, k:]
+        self.length -= k
+
+    @classmethod
+    def merge(cls, a: "MLACache", b: "MLACache", headroom: int = 0) -> "MLACache":
+        """The rows of ``a`` then those of ``b`` in a new cache of ``max(length) + headroom``
+        positions; the shorter one is left-padded with masked positions, so every row's cached
+        tokens end at the same column (``length``) as left-padded prompts do."""
+        S = max(a.length, b.length)
+        t0 = a.kv[0]
+        c, r = a.kv_lora_rank, t0.shape[-1] - a.kv_lora_rank
+        new = cls(len(a.kv), a.batch_size + b.batch_size, c, r, S + headroom, t0.dtype, t0.device)
+        for t_new, t_a, t_b in zip(new.kv, a.kv, b.kv):
+            t_new[: a.batch_size, S - a.length:S] = t_a[:, : a.length]
+            t_new[a.batch_size:, S - b.length:S] = t_b[:, : b.length]
+        new.mask[: a.batch_size, S - a.length:S] = a.mask[:, : a.length]
+        new.mask[a.batch_size:, S - b.length:S] = b.mask[:, : b.length]
+        new.n_real = torch.cat([a.n_real, b.n_real])
+        new.length = S
+        return new
 
 
 # ----------------------------------------------------------------------------------- attention

@@ -90,6 +90,7 @@ class DeepseekV3ForCausalLM(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
+        self.use_fast_decode = True  # one-token steps without gradient use model/decode.py
         self.model = DeepseekV3Model(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
@@ -148,6 +149,29 @@ class DeepseekV3ForCausalLM(nn.Module):
         w = self.model.embed_tokens.weight
         return MLACache.for_config(self.config, batch, capacity, dtype=w.dtype, device=w.device)
 
+    def fast_decoder(self):
+        """The ``FastDecoder`` (``nanoseek.model.decode``) for one-token decode steps, rebuilt when a
+        parameter changed since it was made; None when ``use_fast_decode`` is False or the model
+        has layers it does not know (adapters, hooks, ``attn_impl="naive"``)."""
+        from nanoseek.model.decode import FastDecoder
+
+        dec = getattr(self, "_fast_decoder", None)
+        if not self.use_fast_decode:
+            self._fast_decoder = None
+            return None
+        if dec is not None and dec.is_current(self):
+            return dec
+        self._fast_decoder = None  # free the old snapshot before building a new one
+        if not FastDecoder.supports(self):
+            return None
+        dec = self._fast_decoder = FastDecoder(self)
+        return dec
+
+    def __getstate__(self):  # copies and pickles do not carry the decode snapshot
+        state = self.__dict__.copy()
+        state.pop("_fast_decoder", None)
+        return state
+
     @torch.no_grad()
     def update_expert_bias(self, expert_load: torch.Tensor) -> None:
         """Aux-loss-free balancing (V3 §2.1.2): per MoE layer b += γ·sign(mean(load) − load).
@@ -185,13 +209,18 @@ class DeepseekV3ForCausalLM(nn.Module):
             new_mask = attention_mask.bool()
         else:
             raise ValueError(f"attention_mask has {attention_mask.shape[1]} columns; expected {T} or {past + T}")
+        if position_ids is None:
+            start = cache.n_real[:, None] if cache is not None else 0
+            position_ids = (start + new_mask.long().cumsum(1) - 1).clamp_min(0)
+        if T == 1 and cache is not None and not return_mtp and not torch.is_grad_enabled():
+            decoder = self.fast_decoder()
+            if decoder is not None:  # the decode step of generation and serving (model/decode.py)
+                h, expert_load = decoder.forward(input_ids, new_mask, position_ids, cache)
+                return CausalLMOutput(decoder.logits(h), cache, None, None, expert_load, h)
         if cache is not None:
             key_mask = torch.cat([cache.mask[:, :past], new_mask], dim=1)
         else:
             key_mask = new_mask
-        if position_ids is None:
-            start = cache.n_real[:, None] if cache is not None else 0
-            position_ids = (start + new_mask.long().cumsum(1) - 1).clamp_min(0)
 
         padded = not bool(key_mask.all())
         mask = None  # None = plain causal (see MultiHeadLatentAttention)

@@ -117,19 +117,7 @@ class ModelRunner:
         pos = torch.cat([a.pos, b.pos])
         ca, cb = a.cache, b.cache
         if hasattr(ca, "select"):  # MLACache: rebuild with room to grow
-            from nanoseek.model.attention import MLACache
-
-            La, Lb = ca.length, cb.length
-            new = MLACache(len(ca.latent), a.size + b.size, ca.latent[0].shape[-1], ca.k_rope[0].shape[-1],
-                           S + HEADROOM, dtype=ca.latent[0].dtype, device=ca.latent[0].device)
-            for lst_new, lst_a, lst_b in ((new.latent, ca.latent, cb.latent), (new.k_rope, ca.k_rope, cb.k_rope)):
-                for t_new, t_a, t_b in zip(lst_new, lst_a, lst_b):
-                    t_new[:a.size, S - La:S] = t_a[:, :La]
-                    t_new[a.size:, S - Lb:S] = t_b[:, :Lb]
-            new.mask[:, :S] = mask
-            new.n_real = torch.cat([ca.n_real, cb.n_real])
-            new.length = S
-            return BatchState(new, mask, pos)
+            return BatchState(type(ca).merge(ca, cb, HEADROOM), mask, pos)
         for la, lb in zip(_dynamic_layers(ca), _dynamic_layers(cb)):
             la.keys = torch.cat([_pad_left(la.keys, S, 2), _pad_left(lb.keys, S, 2)])
             la.values = torch.cat([_pad_left(la.values, S, 2), _pad_left(lb.values, S, 2)])
@@ -163,10 +151,7 @@ def _trim_left(state: BatchState, k: int) -> None:
     c = state.cache
     state.mask = state.mask[:, k:]
     if hasattr(c, "select"):
-        c.latent = [t[:, k:] for t in c.latent]
-        c.k_rope = [t[:, k:] for t in c.k_rope]
-        c.mask = c.mask[:, k:]
-        c.length -= k
+        c.trim_left(k)
     else:
         for layer in _dynamic_layers(c):
             layer.keys, layer.values = layer.keys[:, :, k:], layer.values[:, :, k:]

@@ -1,0 +1,315 @@
+"""The one-token decode step of ``DeepseekV3ForCausalLM``, written for speed over a weight snapshot.
+
+``DeepseekV3ForCausalLM.forward`` calls ``FastDecoder.forward`` for one new token per row with a
+cache and no gradient (every step of ``nanoseek.generation`` and of the server); everything else
+(training, prefill, MTP, ``attn_impl="naive"``) runs the module path. The math is the module path's
+with absorbed attention (DeepSeek-V2 §2.1.3, V3 §2.1.1; "absorb" in the V3 inference code):
+
+    scores_h = (q^C_h W^{UK}_h) · c^KV_s + q^R_h · k^R_s        over the cached latent, per head
+    o_h      = (Σ_s p_hs c^KV_s) W^{UV}_h
+
+and the two are tested to agree within 1e-5 (``tests/test_decode.py``). What makes it faster, each
+measured on the benchmark model (``bench/bench_generate.py``, 2-core CPU):
+
+* **Input-major weight copies.** Every dense projection is multiplied as ``x @ W_t`` with
+  ``W_t = W.T`` stored contiguous: for the few-row products of decoding, this CPU's ``F.linear``
+  on the ``[out, in]`` layout is 1.5-4x slower (``[16, 512] x [512, 512]``: 137 vs 32 µs).
+  On other devices the transposes are views, not copies.
+* **Output head** ``[B, D] x [D, V]``: with MKL, the weight is also kept pre-packed for the batch
+  size in use (``torch.ops.mkl._mkl_linear``, bit-identical to ``x @ W_t``; 4.9 vs 7.4 ms for
+  ``[16, 512] x [512, 32000]``); it is re-packed once a new batch size has lasted a few steps.
+* **Attention as two ``bmm``.** All heads attend to the same single latent key per position, so
+  the H heads are H query rows of one attention whose keys are the cached ``[c^KV ; k^R]`` buffer
+  itself (``MLACache.kv``) and whose values are its ``c^KV`` columns: scores, softmax and the
+  weighted sum are three kernels for all heads (SDPA's CPU kernel was no faster here).
+* **RoPE as a matmul.** The rotation of every position is one ``[d_rope, d_rope]`` matrix per row,
+  built once per step and shared by all layers, queries and keys.
+* **Routed experts** through ``MoE.routed`` (one ``grouped_mm`` per projection on the CPU); the
+  shared experts and dense FFNs with ``gate_proj``/``up_proj`` fused into one matrix.
+
+The snapshot holds one extra copy of the non-expert weights (for the benchmark model about
+110 MB, mostly the output head; plus the packed head); the routed experts, embeddings, norms and
+balancing biases are the live tensors. It is used only while every projection it copies is the
+plain ``nn.Linear`` it copied (no adapter such as peft LoRA swapped in, no hooks), and it is
+rebuilt when a copied parameter changes (its version counter or storage), e.g. after an
+optimizer step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nanoseek.model.moe import MLP, MoE
+
+_HAS_MKL_LINEAR = hasattr(torch.ops, "mkl") and hasattr(torch.ops.mkl, "_mkl_linear") and torch.backends.mkl.is_available()
+_REPACK_AFTER = 4  # steps a new batch size must last before the head is re-packed for it
+
+
+def _t(w: torch.Tensor) -> torch.Tensor:
+    """``w.T`` contiguous on the CPU (see the module docstring), a view elsewhere."""
+    w = w.detach()
+    return w.t().contiguous() if w.device.type == "cpu" else w.t()
+
+
+def _rms(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
+    """``RMSNorm.forward`` (float32 statistics, then the weight) with fewer kernels."""
+    if x.dtype == torch.float32 and norm.weight.dtype == torch.float32:
+        return F.rms_norm(x, (x.shape[-1],), norm.weight, norm.eps)
+    return norm.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=norm.eps).to(x.dtype)
+
+
+def _proj(x: torch.Tensor, w_t: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return x @ w_t if bias is None else torch.addmm(bias, x, w_t)
+
+
+def rope_matrix(cos: torch.Tensor, sin: torch.Tensor, interleave: bool) -> torch.Tensor:
+    """``apply_rope`` as a matrix: ``x @ R == apply_rope(x)`` along the last dim.
+
+    ``cos, sin [B, d_rope/2]`` -> ``R [B, d_rope, d_rope]``. With ``interleave`` the pairs are
+    (0,1), (2,3), ...; else (i, i + d/2). The output is [rotated firsts ; rotated seconds] in both
+    cases, as ``nanoseek.model.attention.apply_rope`` writes it.
+    """
+    B, half = cos.shape
+    d = 2 * half
+    j = torch.arange(half, device=cos.device)
+    first, second = (2 * j, 2 * j + 1) if interleave else (j, j + half)
+    R = cos.new_zeros(B, d, d)
+    R[:, first, j] = cos
+    R[:, second, j] = -sin
+    R[:, second, j + half] = cos
+    R[:, first, j + half] = sin
+    return R
+
+
+@dataclass
+class _FFN:
+    """A SwiGLU FFN as ``act(x @ W_gate_t) * (x @ W_up_t) @ W_down_t`` with gate/up in one matrix."""
+
+    gate_up_t: torch.Tensor  # [D, 2I]
+    down_t: torch.Tensor  # [I, D]
+    inter: int
+    act: object
+
+    @classmethod
+    def of(cls, mlp: MLP) -> "_FFN":
+        gu = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).detach()
+        return cls(_t(gu), _t(mlp.down_proj.weight), mlp.gate_proj.out_features, mlp.act)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        h = x @ self.gate_up_t
+        return (self.act(h[:, : self.inter]) * h[:, self.inter:]) @ self.down_t
+
+
+@dataclass
+class _Layer:
+    """One decoder block's decode-ready weights (``_t``: transposed, input-major)."""
+
+    index: int
+    input_norm: nn.Module
+    post_norm: nn.Module
+    q_t: torch.Tensor | None  # [D, H*(dn+dr)] when q_lora_rank is None
+    q_a_t: torch.Tensor | None  # [D, q_lora_rank]
+    q_a_bias: torch.Tensor | None
+    q_a_norm: nn.Module | None
+    q_b_t: torch.Tensor | None  # [q_lora_rank, H*(dn+dr)]
+    kv_a_t: torch.Tensor  # [D, c + dr]
+    kv_a_bias: torch.Tensor | None
+    kv_norm: nn.Module
+    w_uk: torch.Tensor  # [H, dn, c]
+    w_uv_t: torch.Tensor  # [H, c, dv]
+    o_t: torch.Tensor  # [H*dv, D]
+    o_bias: torch.Tensor | None
+    scale: float
+    moe: MoE | None
+    gate_t: torch.Tensor | None  # [D, E] router weight, float32
+    shared: _FFN | None
+    dense: _FFN | None
+
+
+def _linears(layer) -> list[tuple[nn.Module, str]]:
+    """``(parent, name)`` of every projection of a decoder block that the snapshot copies."""
+    a = layer.self_attn
+    names = ["q_proj"] if a.q_lora_rank is None else ["q_a_proj", "q_b_proj"]
+    out = [(a, n) for n in names + ["kv_a_proj_with_mqa", "kv_b_proj", "o_proj"]]
+    ffn = layer.mlp.shared_experts if layer.is_moe else layer.mlp
+    if ffn is not None:
+        out += [(ffn, n) for n in ("gate_proj", "up_proj", "down_proj")]
+    return out
+
+
+def _plain_linear(m: nn.Module) -> bool:
+    return type(m) is nn.Linear and not m._forward_hooks and not m._forward_pre_hooks
+
+
+class FastDecoder:
+    """Decode-step engine for a ``DeepseekV3ForCausalLM`` (see the module docstring).
+
+    ``FastDecoder.supports(model)`` says whether it applies; ``FastDecoder(model)`` snapshots the
+    weights; ``is_current(model)`` says whether the snapshot still matches the model; ``forward``
+    runs one step and ``logits`` the output head. The model does these checks
+    (``DeepseekV3ForCausalLM.fast_decoder``).
+    """
+
+    def __init__(self, model) -> None:
+        c = model.config
+        self.config = c
+        self.n_heads, self.d_nope, self.d_rope, self.d_v = (
+            c.num_attention_heads, c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim)
+        self.kv_lora_rank = c.kv_lora_rank
+        self.rotary = model.model.rotary_emb
+        self.embed = model.model.embed_tokens
+        self.final_norm = model.model.norm
+        self.head = model.lm_head
+        self.head_t = _t(model.lm_head.weight)  # [D, V]
+        self._packed: tuple[int, torch.Tensor] | None = None  # (batch size, MKL-packed head)
+        self._new_batch = (0, 0)  # (batch size, steps seen in a row) for re-packing
+        self.layers = [self._layer(layer) for layer in model.main_layers]
+        # what the snapshot was copied from: (module, its parent's child dict, its name)
+        self.watch = [(getattr(parent, name), parent._modules, name)
+                      for layer in model.main_layers for parent, name in _linears(layer)]
+        self.n_mtp_moe = sum(1 for m in model.mtp_layers if m.is_moe)
+        self.sources = [model.lm_head.weight] + [p for module, _, _ in self.watch for p in module.parameters()]
+        self.sources += [L.moe.gate.weight for L in self.layers if L.moe is not None]
+        self._key = self._version_key()
+
+    def _layer(self, layer) -> _Layer:
+        a = layer.self_attn
+        H, dn, dv, cr = self.n_heads, self.d_nope, self.d_v, self.kv_lora_rank
+        w = a.kv_b_proj.weight.detach().view(H, dn + dv, cr)
+        bias = lambda m: None if m.bias is None else m.bias.detach()  # noqa: E731
+        lora = a.q_lora_rank is not None
+        moe = layer.mlp if layer.is_moe else None
+        return _Layer(
+            index=layer.layer_idx, input_norm=layer.input_layernorm, post_norm=layer.post_attention_layernorm,
+            q_t=None if lora else _t(a.q_proj.weight),
+            q_a_t=_t(a.q_a_proj.weight) if lora else None, q_a_bias=bias(a.q_a_proj) if lora else None,
+            q_a_norm=a.q_a_layernorm if lora else None, q_b_t=_t(a.q_b_proj.weight) if lora else None,
+            kv_a_t=_t(a.kv_a_proj_with_mqa.weight), kv_a_bias=bias(a.kv_a_proj_with_mqa), kv_norm=a.kv_a_layernorm,
+            w_uk=w[:, :dn].contiguous(), w_uv_t=w[:, dn:].transpose(1, 2).contiguous(),
+            o_t=_t(a.o_proj.weight), o_bias=bias(a.o_proj), scale=a.scale,
+            moe=moe, gate_t=_t(moe.gate.weight.float()) if moe is not None else None,
+            shared=_FFN.of(moe.shared_experts) if moe is not None and moe.shared_experts is not None else None,
+            dense=None if moe is not None else _FFN.of(layer.mlp))
+
+    # ----------------------------------------------------------------------------- validity
+    @staticmethod
+    def supports(model) -> bool:
+        """True when attention may be absorbed (``attn_impl`` "auto" or "absorb"), every MoE is a
+        plain ``MoE`` and every projection the snapshot copies is a plain ``nn.Linear`` without
+        hooks (so peft adapters or quantised layers keep the module path), and no global module
+        hooks are registered."""
+        if model.config.attn_impl == "naive" or not _no_global_hooks():
+            return False
+        for layer in model.main_layers:
+            if layer.is_moe and type(layer.mlp) is not MoE:
+                return False
+            if not all(_plain_linear(getattr(parent, name)) for parent, name in _linears(layer)):
+                return False
+        return _plain_linear(model.lm_head)
+
+    def _version_key(self) -> tuple:
+        return tuple((p.data_ptr(), p._version) for p in self.sources)
+
+    def is_current(self, model) -> bool:
+        """Whether the snapshot still describes ``model``: the same projection modules (none
+        replaced, none hooked), ``attn_impl`` not switched to "naive", and no copied parameter
+        changed in place or replaced since the snapshot."""
+        if model.lm_head is not self.head or model.config.attn_impl == "naive" or not _no_global_hooks():
+            return False
+        for module, siblings, name in self.watch:
+            if siblings.get(name) is not module or module._forward_hooks or module._forward_pre_hooks:
+                return False
+        return self._version_key() == self._key
+
+    # ----------------------------------------------------------------------------- the step
+    @torch.no_grad()
+    def forward(self, input_ids: torch.Tensor, new_mask: torch.Tensor, position_ids: torch.Tensor, cache):
+        """One token per row.
+
+        ``input_ids [B, 1]``, ``new_mask [B, 1]`` bool (False: a pad token, which still attends to
+        itself), ``position_ids [B, 1]``, ``cache`` an ``MLACache`` (written, then advanced).
+        Returns ``(h [B, 1, D] after the final norm, expert_load [n_moe_layers, E] float32)``
+        counting only real tokens, as ``DeepseekV3ForCausalLM.forward``.
+        """
+        B = input_ids.shape[0]
+        past = cache.length
+        cache.reserve(1)
+        h = self.embed(input_ids[:, 0])  # [B, D]
+        attn_bias = torch.zeros(B, 1, past + 1, dtype=h.dtype, device=h.device)  # additive key mask
+        attn_bias[:, 0, :past].masked_fill_(~cache.mask[:, :past], float("-inf"))
+        cos, sin = self.rotary(position_ids)  # [B, 1, dr/2] float32
+        rot = rope_matrix(cos[:, 0], sin[:, 0], self.config.rope_interleave).to(h.dtype)  # [B, dr, dr]
+        real = new_mask[:, 0].to(torch.float32)
+        loads = []
+        for L in self.layers:
+            h = h + self._attention(L, _rms(h, L.input_norm), rot, attn_bias, cache)
+            x = _rms(h, L.post_norm)
+            if L.dense is not None:
+                h = h + L.dense(x)
+                continue
+            topk_idx, topk_w = L.moe.gate.select((x.float() @ L.gate_t).sigmoid())
+            y = L.moe.routed(x, topk_idx, topk_w)
+            if L.shared is not None:
+                y = y + L.shared(x)
+            h = h + y
+            loads.append(torch.bincount(topk_idx.reshape(-1), weights=real.repeat_interleave(topk_idx.shape[1]),
+                                        minlength=L.moe.n_experts).float())
+        cache.advance(new_mask)
+        loads += [real.new_zeros(self.config.n_routed_experts)] * self.n_mtp_moe
+        return _rms(h, self.final_norm)[:, None], (torch.stack(loads) if loads else None)
+
+    def _attention(self, L: _Layer, x: torch.Tensor, rot: torch.Tensor, attn_bias: torch.Tensor, cache) -> torch.Tensor:
+        B, H, dn, c = x.shape[0], self.n_heads, self.d_nope, self.kv_lora_rank
+        if L.q_t is not None:
+            q = x @ L.q_t
+        else:
+            q = _rms(_proj(x, L.q_a_t, L.q_a_bias), L.q_a_norm) @ L.q_b_t
+        q = q.view(B, H, dn + self.d_rope)
+        kv = _proj(x, L.kv_a_t, L.kv_a_bias)  # [B, c + dr]
+        k_rope = torch.bmm(kv[:, None, c:], rot)  # k^R = RoPE(k), [B, 1, dr]
+        cache.write(L.index, _rms(kv[:, None, :c], L.kv_norm), k_rope)
+        keys = cache.kv[L.index][:, : cache.length + 1]  # [B, S, c + dr]: [c^KV ; k^R]
+        q_lat = torch.bmm(q[..., :dn].transpose(0, 1), L.w_uk).transpose(0, 1)  # q^C W^UK, [B, H, c]
+        q = torch.cat([q_lat, torch.bmm(q[..., dn:], rot)], dim=-1)  # [B, H, c + dr]
+        # every head attends to the same (single) latent key, so the H heads are H query rows of one
+        # attention over the cached [c^KV ; k^R]; the values are its c^KV columns
+        scores = torch.baddbmm(attn_bias, q, keys.transpose(1, 2), alpha=L.scale)  # [B, H, S]
+        o_lat = torch.bmm(scores.float().softmax(-1).to(keys.dtype), keys[..., :c])  # [B, H, c]
+        o = torch.bmm(o_lat.transpose(0, 1), L.w_uv_t).transpose(0, 1).reshape(B, H * self.d_v)
+        return _proj(o, L.o_t, L.o_bias)
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Output head: ``h [B, 1, D]`` -> logits ``[B, 1, V]`` float32."""
+        x = h[:, 0]
+        B = x.shape[0]
+        packed = self._packed_head(B) if x.dtype == torch.float32 and x.device.type == "cpu" else None
+        if packed is not None:
+            out = torch.ops.mkl._mkl_linear(x, packed, self.head.weight.detach(), None, B)
+        else:
+            out = x @ self.head_t
+        return out.float()[:, None]
+
+    def _packed_head(self, B: int) -> torch.Tensor | None:
+        """The MKL-packed head for batch size ``B``, packed once ``B`` has lasted ``_REPACK_AFTER``
+        steps (a shrinking batch would otherwise re-pack at every step); None until then."""
+        if not _HAS_MKL_LINEAR:
+            return None
+        if self._packed is not None and self._packed[0] == B:
+            return self._packed[1]
+        n = self._new_batch[1] + 1 if self._new_batch[0] == B else 1
+        self._new_batch = (B, n)
+        if n < _REPACK_AFTER:
+            return None
+        self._packed = None
+        self._packed = (B, torch.ops.mkl._mkl_reorder_linear_weight(self.head.weight.detach(), B))
+        return self._packed[1]
+
+
+def _no_global_hooks() -> bool:
+    from torch.nn.modules import module as _m
+
+    return not (_m._global_forward_hooks or _m._global_forward_pre_hooks)
