@@ -98,11 +98,21 @@ def _filter_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor
         kth = logits.topk(params.top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if params.top_p < 1.0:
-        sorted_logits, idx = logits.sort(dim=-1, descending=True)
-        cum = sorted_logits.softmax(-1).cumsum(-1)
-        drop = cum - sorted_logits.softmax(-1) >= params.top_p  # keep the smallest prefix reaching top_p
-        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(1, idx, sorted_logits)
+        # the nucleus from the k most likely tokens once every row's top-k mass reaches top_p: the
+        # same set as a full sort (a token past the k-th has a larger prefix mass than top_p; up to
+        # float rounding of the mass at the boundary), without sorting the whole vocabulary (a [16, 32000] sort takes ~25 ms on a CPU, topk(64)
+        # ~0.3 ms); a flat distribution (e.g. an untrained model) falls back to the full sort
+        probs = logits.softmax(-1)
+        V = logits.shape[-1]
+        for k in (64, 1024, V):
+            k = min(k, V)
+            top, idx = probs.topk(k, dim=-1) if k < V else probs.sort(dim=-1, descending=True)
+            cum = top.cumsum(-1)
+            if k == V or bool((cum[:, -1] >= params.top_p).all()):
+                break
+        drop = cum - top >= params.top_p  # keep the smallest prefix reaching top_p
+        kept = logits.gather(1, idx).masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(1, idx, kept)
     return logits
 
 
@@ -183,8 +193,13 @@ def _stream(model, prompts, params, pad_token_id, seeds) -> Iterator[list[TokenE
     cache = out.past_key_values
     for step in range(params.max_new_tokens):
         logits = out.logits[:, -1].float()
-        tok = _sample(logits, params, [gens[r] for r in rows.tolist()])
-        logp = logits.log_softmax(-1).gather(1, tok[:, None])[:, 0]
+        lse = logits.logsumexp(-1)
+        if params.temperature == 0:
+            best, tok = logits.max(-1)  # greedy; the first maximum, as argmax
+            logp = best - lse
+        else:
+            tok = _sample(logits, params, [gens[r] for r in rows.tolist()])
+            logp = logits.gather(1, tok[:, None])[:, 0] - lse
         is_stop = torch.isin(tok, stop)
         last = step == params.max_new_tokens - 1
         events = []

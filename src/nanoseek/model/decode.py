@@ -42,6 +42,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from nanoseek.model.moe import MLP, MoE
 
@@ -100,7 +101,10 @@ class _FFN:
         return cls(_t(gu), _t(mlp.down_proj.weight), mlp.gate_proj.out_features, mlp.act)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        h = x @ self.gate_up_t
+        return self.down(x @ self.gate_up_t)
+
+    def down(self, h: torch.Tensor) -> torch.Tensor:
+        """The rest of the FFN from ``h = x @ gate_up_t`` [N, 2I]."""
         return (self.act(h[:, : self.inter]) * h[:, self.inter:]) @ self.down_t
 
 
@@ -111,13 +115,11 @@ class _Layer:
     index: int
     input_norm: nn.Module
     post_norm: nn.Module
-    q_t: torch.Tensor | None  # [D, H*(dn+dr)] when q_lora_rank is None
-    q_a_t: torch.Tensor | None  # [D, q_lora_rank]
-    q_a_bias: torch.Tensor | None
+    in_t: torch.Tensor  # [D, nq + c + dr]: [q_a_proj (or q_proj) ; kv_a_proj_with_mqa], one matmul
+    in_bias: torch.Tensor | None
+    nq: int  # q_lora_rank, or H*(dn+dr) without q compression
     q_a_norm: nn.Module | None
     q_b_t: torch.Tensor | None  # [q_lora_rank, H*(dn+dr)]
-    kv_a_t: torch.Tensor  # [D, c + dr]
-    kv_a_bias: torch.Tensor | None
     kv_norm: nn.Module
     w_uk: torch.Tensor  # [H, dn, c]
     w_uv_t: torch.Tensor  # [H, c, dv]
@@ -126,23 +128,36 @@ class _Layer:
     scale: float
     moe: MoE | None
     gate_t: torch.Tensor | None  # [D, E] router weight, float32
+    gate_shared_t: torch.Tensor | None  # [D, E + 2I_s] router and shared gate/up (float32 models)
     shared: _FFN | None
     dense: _FFN | None
 
 
-def _linears(layer) -> list[tuple[nn.Module, str]]:
-    """``(parent, name)`` of every projection of a decoder block that the snapshot copies."""
-    a = layer.self_attn
-    names = ["q_proj"] if a.q_lora_rank is None else ["q_a_proj", "q_b_proj"]
-    out = [(a, n) for n in names + ["kv_a_proj_with_mqa", "kv_b_proj", "o_proj"]]
-    ffn = layer.mlp.shared_experts if layer.is_moe else layer.mlp
-    if ffn is not None:
-        out += [(ffn, n) for n in ("gate_proj", "up_proj", "down_proj")]
-    return out
+def _submodules(model) -> list[nn.Module]:
+    """Every module below the ``DeepseekV3ForCausalLM`` (the model itself excluded: its own hooks
+    run around ``forward`` whichever path it takes)."""
+    return [m for m in model.modules() if m is not model]
 
 
-def _plain_linear(m: nn.Module) -> bool:
-    return type(m) is nn.Linear and not m._forward_hooks and not m._forward_pre_hooks
+def _known_modules() -> frozenset:
+    from nanoseek.model.attention import MultiHeadLatentAttention, RMSNorm, RotaryEmbedding
+    from nanoseek.model.moe import RoutedExperts, TopkRouter
+    from nanoseek.model.mtp import MTPLayer, SharedHead
+    from nanoseek.model.transformer import DecoderLayer, DeepseekV3Model
+
+    return frozenset({DeepseekV3Model, nn.ModuleList, DecoderLayer, MTPLayer, SharedHead, MultiHeadLatentAttention,
+                      RMSNorm, RotaryEmbedding, MoE, TopkRouter, RoutedExperts, MLP, nn.Linear, nn.Embedding})
+
+
+_KNOWN_MODULES = _known_modules()
+_OPTIMIZER_STEPS = [0]  # optimizer steps taken in this process (any optimizer), see FastDecoder.is_current
+
+
+def _count_step(optimizer, args, kwargs) -> None:
+    _OPTIMIZER_STEPS[0] += 1
+
+
+register_optimizer_step_post_hook(_count_step)
 
 
 class FastDecoder:
@@ -168,13 +183,8 @@ class FastDecoder:
         self._packed: tuple[int, torch.Tensor] | None = None  # (batch size, MKL-packed head)
         self._new_batch = (0, 0)  # (batch size, steps seen in a row) for re-packing
         self.layers = [self._layer(layer) for layer in model.main_layers]
-        # what the snapshot was copied from: (module, its parent's child dict, its name)
-        self.watch = [(getattr(parent, name), parent._modules, name)
-                      for layer in model.main_layers for parent, name in _linears(layer)]
         self.n_mtp_moe = sum(1 for m in model.mtp_layers if m.is_moe)
-        self.sources = [model.lm_head.weight] + [p for module, _, _ in self.watch for p in module.parameters()]
-        self.sources += [L.moe.gate.weight for L in self.layers if L.moe is not None]
-        self._key = self._version_key()
+        self._watch(model)
 
     def _layer(self, layer) -> _Layer:
         a = layer.self_attn
@@ -183,47 +193,68 @@ class FastDecoder:
         bias = lambda m: None if m.bias is None else m.bias.detach()  # noqa: E731
         lora = a.q_lora_rank is not None
         moe = layer.mlp if layer.is_moe else None
+        q_in, kv_in = (a.q_a_proj if lora else a.q_proj), a.kv_a_proj_with_mqa
+        in_bias = None
+        if q_in.bias is not None or kv_in.bias is not None:
+            zeros = lambda m: torch.zeros(m.out_features, dtype=m.weight.dtype, device=m.weight.device)  # noqa: E731
+            in_bias = torch.cat([bias(m) if m.bias is not None else zeros(m) for m in (q_in, kv_in)])
+        gate_t = _t(moe.gate.weight.float()) if moe is not None else None
+        shared = _FFN.of(moe.shared_experts) if moe is not None and moe.shared_experts is not None else None
+        fuse = shared is not None and shared.gate_up_t.dtype == torch.float32 and shared.gate_up_t.is_contiguous()
         return _Layer(
             index=layer.layer_idx, input_norm=layer.input_layernorm, post_norm=layer.post_attention_layernorm,
-            q_t=None if lora else _t(a.q_proj.weight),
-            q_a_t=_t(a.q_a_proj.weight) if lora else None, q_a_bias=bias(a.q_a_proj) if lora else None,
+            in_t=_t(torch.cat([q_in.weight, kv_in.weight])), in_bias=in_bias, nq=q_in.out_features,
             q_a_norm=a.q_a_layernorm if lora else None, q_b_t=_t(a.q_b_proj.weight) if lora else None,
-            kv_a_t=_t(a.kv_a_proj_with_mqa.weight), kv_a_bias=bias(a.kv_a_proj_with_mqa), kv_norm=a.kv_a_layernorm,
+            kv_norm=a.kv_a_layernorm,
             w_uk=w[:, :dn].contiguous(), w_uv_t=w[:, dn:].transpose(1, 2).contiguous(),
             o_t=_t(a.o_proj.weight), o_bias=bias(a.o_proj), scale=a.scale,
-            moe=moe, gate_t=_t(moe.gate.weight.float()) if moe is not None else None,
-            shared=_FFN.of(moe.shared_experts) if moe is not None and moe.shared_experts is not None else None,
+            moe=moe, gate_t=gate_t, gate_shared_t=torch.cat([gate_t, shared.gate_up_t], 1) if fuse else None,
+            shared=shared,
             dense=None if moe is not None else _FFN.of(layer.mlp))
 
     # ----------------------------------------------------------------------------- validity
     @staticmethod
     def supports(model) -> bool:
-        """True when attention may be absorbed (``attn_impl`` "auto" or "absorb"), every MoE is a
-        plain ``MoE`` and every projection the snapshot copies is a plain ``nn.Linear`` without
-        hooks (so peft adapters or quantised layers keep the module path), and no global module
-        hooks are registered."""
+        """True when the model is made only of nanoseek's own modules, with plain ``nn.Linear``
+        projections (so peft adapters, quantised or wrapped layers keep the module path), no
+        forward hooks on any submodule and no global module hooks (they would not fire), and
+        attention may be absorbed (``attn_impl`` "auto" or "absorb", in the config and in every
+        layer)."""
         if model.config.attn_impl == "naive" or not _no_global_hooks():
             return False
-        for layer in model.main_layers:
-            if layer.is_moe and type(layer.mlp) is not MoE:
+        if any(layer.self_attn.attn_impl == "naive" for layer in model.main_layers):
+            return False
+        for m in _submodules(model):
+            if type(m) not in _KNOWN_MODULES or m._forward_hooks or m._forward_pre_hooks:
                 return False
-            if not all(_plain_linear(getattr(parent, name)) for parent, name in _linears(layer)):
-                return False
-        return _plain_linear(model.lm_head)
+        return True
 
-    def _version_key(self) -> tuple:
-        return tuple((p.data_ptr(), p._version) for p in self.sources)
+    def _watch(self, model) -> None:
+        """Record what ``is_current`` compares: every submodule's place in the tree and every
+        parameter's identity, storage and version, plus the global optimizer-step count."""
+        self.tree = [(parent._modules, name, child) for parent in [model, *_submodules(model)]
+                     for name, child in parent._modules.items()]
+        self.attn = [layer.self_attn for layer in model.main_layers]
+        self.params = [(m._parameters, name, p, p.data_ptr(), p._version) for m in _submodules(model)
+                       for name, p in m._parameters.items() if p is not None]
+        self.optimizer_steps = _OPTIMIZER_STEPS[0]
 
     def is_current(self, model) -> bool:
-        """Whether the snapshot still describes ``model``: the same projection modules (none
-        replaced, none hooked), ``attn_impl`` not switched to "naive", and no copied parameter
-        changed in place or replaced since the snapshot."""
-        if model.lm_head is not self.head or model.config.attn_impl == "naive" or not _no_global_hooks():
+        """Whether the snapshot still describes ``model``: no submodule replaced or hooked, no
+        parameter replaced or changed in place (its version counter), no optimizer step taken
+        anywhere since the snapshot (fused optimizers do not bump version counters), and
+        ``attn_impl`` not switched to "naive". A change made through ``.data`` is invisible to
+        these checks: call ``DeepseekV3ForCausalLM.reset_fast_decoder()`` after one."""
+        if (self.optimizer_steps != _OPTIMIZER_STEPS[0] or model.config.attn_impl == "naive"
+                or not _no_global_hooks() or any(a.attn_impl == "naive" for a in self.attn)):
             return False
-        for module, siblings, name in self.watch:
-            if siblings.get(name) is not module or module._forward_hooks or module._forward_pre_hooks:
+        for siblings, name, child in self.tree:
+            if siblings.get(name) is not child or child._forward_hooks or child._forward_pre_hooks:
                 return False
-        return self._version_key() == self._key
+        for params, name, p, ptr, version in self.params:
+            if params.get(name) is not p or p._version != version or p.data_ptr() != ptr:
+                return False
+        return True
 
     # ----------------------------------------------------------------------------- the step
     @torch.no_grad()
@@ -243,33 +274,45 @@ class FastDecoder:
         attn_bias[:, 0, :past].masked_fill_(~cache.mask[:, :past], float("-inf"))
         cos, sin = self.rotary(position_ids)  # [B, 1, dr/2] float32
         rot = rope_matrix(cos[:, 0], sin[:, 0], self.config.rope_interleave).to(h.dtype)  # [B, dr, dr]
-        real = new_mask[:, 0].to(torch.float32)
-        loads = []
+        routed = []  # topk_idx [B, K] of each MoE layer
         for L in self.layers:
             h = h + self._attention(L, _rms(h, L.input_norm), rot, attn_bias, cache)
             x = _rms(h, L.post_norm)
             if L.dense is not None:
                 h = h + L.dense(x)
                 continue
-            topk_idx, topk_w = L.moe.gate.select((x.float() @ L.gate_t).sigmoid())
-            y = L.moe.routed(x, topk_idx, topk_w)
-            if L.shared is not None:
-                y = y + L.shared(x)
-            h = h + y
-            loads.append(torch.bincount(topk_idx.reshape(-1), weights=real.repeat_interleave(topk_idx.shape[1]),
-                                        minlength=L.moe.n_experts).float())
+            if L.gate_shared_t is not None:  # router and shared experts' gate/up in one matmul
+                g = x @ L.gate_shared_t
+                scores, y = g[:, : L.moe.n_experts].sigmoid(), L.shared.down(g[:, L.moe.n_experts:])
+            else:
+                scores = (x.float() @ L.gate_t).sigmoid()
+                y = L.shared(x) if L.shared is not None else None
+            topk_idx, topk_w = L.moe.gate.select(scores)
+            r = L.moe.routed(x, topk_idx, topk_w)
+            h = h + (r if y is None else r + y)
+            routed.append(topk_idx)
         cache.advance(new_mask)
-        loads += [real.new_zeros(self.config.n_routed_experts)] * self.n_mtp_moe
-        return _rms(h, self.final_norm)[:, None], (torch.stack(loads) if loads else None)
+        return _rms(h, self.final_norm)[:, None], self._expert_load(routed, new_mask[:, 0])
+
+    def _expert_load(self, routed: list[torch.Tensor], real: torch.Tensor) -> torch.Tensor | None:
+        """``[n_moe_layers, E]`` counts of real tokens per expert (MTP rows zero), in one scatter."""
+        n = len(routed) + self.n_mtp_moe
+        if n == 0:
+            return None
+        load = torch.zeros(n, self.config.n_routed_experts, device=real.device)
+        if routed:
+            idx = torch.stack(routed).flatten(1)  # [n_main, B*K]
+            w = real.float().repeat_interleave(routed[0].shape[1]).expand(len(routed), -1)
+            load[: len(routed)].scatter_add_(1, idx, w)
+        return load
 
     def _attention(self, L: _Layer, x: torch.Tensor, rot: torch.Tensor, attn_bias: torch.Tensor, cache) -> torch.Tensor:
         B, H, dn, c = x.shape[0], self.n_heads, self.d_nope, self.kv_lora_rank
-        if L.q_t is not None:
-            q = x @ L.q_t
-        else:
-            q = _rms(_proj(x, L.q_a_t, L.q_a_bias), L.q_a_norm) @ L.q_b_t
-        q = q.view(B, H, dn + self.d_rope)
-        kv = _proj(x, L.kv_a_t, L.kv_a_bias)  # [B, c + dr]
+        qkv = _proj(x, L.in_t, L.in_bias)  # [B, nq + c + dr]
+        q, kv = qkv[:, : L.nq], qkv[:, L.nq:]  # kv: [c^KV (not normed) ; k (not rotated)]
+        if L.q_b_t is not None:
+            q = _rms(q, L.q_a_norm) @ L.q_b_t
+        q = q.reshape(B, H, dn + self.d_rope)
         k_rope = torch.bmm(kv[:, None, c:], rot)  # k^R = RoPE(k), [B, 1, dr]
         cache.write(L.index, _rms(kv[:, None, :c], L.kv_norm), k_rope)
         keys = cache.kv[L.index][:, : cache.length + 1]  # [B, S, c + dr]: [c^KV ; k^R]

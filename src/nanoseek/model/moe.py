@@ -143,6 +143,7 @@ class RoutedExperts(nn.Module):
         and the tensors are on the CPU (where it is an exact loop of matmuls in C++; on CUDA it is
         limited to bfloat16 on recent GPUs, so the Python loop is used there)."""
         return (_HAS_GROUPED_MM and x.device.type == "cpu" and self.w_gate_up.dtype == x.dtype
+                and x.dtype in (torch.float32, torch.bfloat16, torch.float16)
                 and not (torch.is_grad_enabled() and (x.requires_grad or self.w_gate_up.requires_grad)))
 
     def per_expert(self) -> tuple:

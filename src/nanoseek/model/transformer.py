@@ -167,6 +167,11 @@ class DeepseekV3ForCausalLM(nn.Module):
         dec = self._fast_decoder = FastDecoder(self)
         return dec
 
+    def reset_fast_decoder(self) -> None:
+        """Drop the decode snapshot, e.g. after changing weights through ``.data`` (which leaves no
+        trace the snapshot could check); the next decode step takes a new one."""
+        self._fast_decoder = None
+
     def __getstate__(self):  # copies and pickles do not carry the decode snapshot
         state = self.__dict__.copy()
         state.pop("_fast_decoder", None)
