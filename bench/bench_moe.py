@@ -1,7 +1,8 @@
 """Forward time of one DeepSeekMoE layer with 64 vs 8 routed experts (same expert width, top-6).
 
-With sorted dispatch the work is the same N·k expert-rows either way; only the per-expert loop
-grows. Target: 64 experts ≤ 1.5× the 8-expert time at 2048 tokens.
+With sorted dispatch the work is the same N·k expert-rows either way (at inference on the CPU all
+experts run in two ``grouped_mm`` calls); only the per-expert bookkeeping and the distinct expert
+weights read grow. Target: 64 experts ≤ 1.5× the 8-expert time at 2048 tokens.
 
     python bench/bench_moe.py [--threads 2] [--reps 20]
 """
