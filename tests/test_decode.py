@@ -738,3 +738,17 @@ def test_float64_moe_inference():
     moe.double()
     with torch.no_grad():
         torch.testing.assert_close(moe.routed(x.double(), idx, w), moe.routed_reference(x.double(), idx, w))
+
+
+@pytest.mark.parametrize("kw", [dict(moe_intermediate_size=30), dict(moe_intermediate_size=7)],
+                         ids=["expert_width_30", "expert_width_7"])
+def test_sizes_grouped_mm_cannot_take_fall_back_to_the_loop(kw, monkeypatch):
+    """Expert widths that break grouped_mm's 16-byte row-stride rule decode (fast = module) through the per-expert loop."""
+    m = build(**kw)
+    moe = m.moe_layers()[0]
+    with torch.no_grad():
+        assert not moe.experts.grouped_mm_ok(torch.zeros(2, m.config.hidden_size))
+    calls = []
+    monkeypatch.setattr(type(moe.experts), "grouped", lambda self, *a: calls.append(1))
+    fast_vs_module(m)
+    assert calls == []

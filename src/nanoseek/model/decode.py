@@ -235,6 +235,7 @@ class FastDecoder:
         self.tree = [(parent._modules, name, child) for parent in [model, *_submodules(model)]
                      for name, child in parent._modules.items()]
         self.attn = [layer.self_attn for layer in model.main_layers]
+        self.scales = [a.scale for a in self.attn]
         self.params = [(m._parameters, name, p, p.data_ptr(), p._version) for m in _submodules(model)
                        for name, p in m._parameters.items() if p is not None]
         self.optimizer_steps = _OPTIMIZER_STEPS[0]
@@ -243,10 +244,11 @@ class FastDecoder:
         """Whether the snapshot still describes ``model``: no submodule replaced or hooked, no
         parameter replaced or changed in place (its version counter), no optimizer step taken
         anywhere since the snapshot (fused optimizers do not bump version counters), and
-        ``attn_impl`` not switched to "naive". A change made through ``.data`` is invisible to
+        ``attn_impl`` not switched to "naive" nor a softmax ``scale`` changed. A change made through ``.data`` is invisible to
         these checks: call ``DeepseekV3ForCausalLM.reset_fast_decoder()`` after one."""
         if (self.optimizer_steps != _OPTIMIZER_STEPS[0] or model.config.attn_impl == "naive"
-                or not _no_global_hooks() or any(a.attn_impl == "naive" for a in self.attn)):
+                or not _no_global_hooks() or any(a.attn_impl == "naive" for a in self.attn)
+                or [a.scale for a in self.attn] != self.scales):
             return False
         for siblings, name, child in self.tree:
             if siblings.get(name) is not child or child._forward_hooks or child._forward_pre_hooks:

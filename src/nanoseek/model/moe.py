@@ -140,10 +140,13 @@ class RoutedExperts(nn.Module):
 
     def grouped_mm_ok(self, x: torch.Tensor) -> bool:
         """Whether ``grouped`` may run on ``x``: torch has ``grouped_mm``, no gradient is needed,
-        and the tensors are on the CPU (where it is an exact loop of matmuls in C++; on CUDA it is
-        limited to bfloat16 on recent GPUs, so the Python loop is used there)."""
+        the tensors are on the CPU (where it is an exact loop of matmuls in C++; on CUDA it is
+        limited to bfloat16 on recent GPUs, so the Python loop is used there), in a dtype it takes,
+        and ``hidden_size`` and the expert width are multiples of 16 bytes (its row-stride rule)."""
+        item = x.element_size()
         return (_HAS_GROUPED_MM and x.device.type == "cpu" and self.w_gate_up.dtype == x.dtype
                 and x.dtype in (torch.float32, torch.bfloat16, torch.float16)
+                and (x.shape[-1] * item) % 16 == 0 and (self.inter * item) % 16 == 0  # its row-stride rule
                 and not (torch.is_grad_enabled() and (x.requires_grad or self.w_gate_up.requires_grad)))
 
     def per_expert(self) -> tuple:
