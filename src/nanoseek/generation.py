@@ -104,12 +104,15 @@ def _filter_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor
         # ~0.3 ms); a flat distribution (e.g. an untrained model) falls back to the full sort
         probs = logits.softmax(-1)
         V = logits.shape[-1]
-        for k in (64, 1024, V):
-            k = min(k, V)
+        k = min(64, V)
+        while True:
             top, idx = probs.topk(k, dim=-1) if k < V else probs.sort(dim=-1, descending=True)
             cum = top.cumsum(-1)
-            if k == V or bool((cum[:, -1] >= params.top_p).all()):
+            mass = float(cum[:, -1].min())
+            if k == V or mass >= params.top_p:
                 break
+            # 16x more tokens, unless the mass so far says even that will not reach top_p
+            k = min(16 * k, V) if 16 * mass >= params.top_p else V
         drop = cum - top >= params.top_p  # keep the smallest prefix reaching top_p
         kept = logits.gather(1, idx).masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(1, idx, kept)

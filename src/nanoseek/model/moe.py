@@ -16,7 +16,8 @@ once on its contiguous slice (one ``grouped_mm`` for all of them at inference on
 loop); the outputs are put back in [token, slot] order with one ``index_select`` and summed over
 the k slots with their gate weights in one ``bmm`` (no per-expert masks over all tokens, so 64
 experts cost about what 8 do at the same top-k; on CPU this un-permute is 1.5-2.5x faster than
-``index_copy`` + multiply + sum or ``index_add``).
+``index_copy`` + multiply + sum or ``index_add``; with gradient the latter is kept, its backward
+being cheaper).
 The routed experts are stacked in memory (``RoutedExperts``) but keep per-expert checkpoint names.
 """
 
@@ -249,8 +250,12 @@ class MoE(nn.Module):
             sizes = counts.tolist()
             w = self.experts.per_expert()
             ys = torch.cat([self.experts.expert(e, xe, w) for e, xe in enumerate(xs.split(sizes)) if sizes[e]])
-        ys = ys.index_select(0, order.argsort()).view(N, K, -1)  # back to [token, slot] order
-        return torch.bmm(topk_w[:, None, :].to(x.dtype), ys)[:, 0]  # Σ_k g_k FFN_k(x)
+        if not torch.is_grad_enabled():  # back to [token, slot] order, then Σ_k g_k FFN_k(x)
+            ys = ys.index_select(0, order.argsort()).view(N, K, -1)
+            return torch.bmm(topk_w[:, None, :].to(x.dtype), ys)[:, 0]
+        # training: the same with a cheaper backward (~5% per pretraining step of the zero recipe)
+        ys = ys.new_empty(ys.shape).index_copy(0, order, ys).view(N, K, -1)
+        return (ys * topk_w[..., None].to(x.dtype)).sum(1)
 
     def routed_reference(self, x: torch.Tensor, topk_idx: torch.Tensor, topk_w: torch.Tensor) -> torch.Tensor:
         """The plain version of ``routed`` (per expert: mask, gather, add), for tests."""
