@@ -100,8 +100,9 @@ def _filter_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor
     if params.top_p < 1.0:
         # the nucleus from the k most likely tokens once every row's top-k mass reaches top_p: the
         # same set as a full sort (a token past the k-th has a larger prefix mass than top_p; up to
-        # float rounding of the mass at the boundary), without sorting the whole vocabulary (a [16, 32000] sort takes ~25 ms on a CPU, topk(64)
-        # ~0.3 ms); a flat distribution (e.g. an untrained model) falls back to the full sort
+        # float rounding of the mass at the boundary), without sorting the whole vocabulary (a
+        # [16, 32000] sort takes ~25 ms on a CPU, topk(64) ~0.3 ms); a flat distribution (e.g. an
+        # untrained model) falls back to the full sort
         probs = logits.softmax(-1)
         V = logits.shape[-1]
         k = min(64, V)

@@ -46,7 +46,8 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from nanoseek.model.moe import MLP, MoE
 
-_HAS_MKL_LINEAR = hasattr(torch.ops, "mkl") and hasattr(torch.ops.mkl, "_mkl_linear") and torch.backends.mkl.is_available()
+_HAS_MKL_LINEAR = (hasattr(torch.ops, "mkl") and hasattr(torch.ops.mkl, "_mkl_linear")
+                   and torch.backends.mkl.is_available())
 _REPACK_AFTER = 4  # steps a new batch size must last before the head is re-packed for it
 
 
@@ -200,7 +201,7 @@ class FastDecoder:
             in_bias = torch.cat([bias(m) if m.bias is not None else zeros(m) for m in (q_in, kv_in)])
         gate_t = _t(moe.gate.weight.float()) if moe is not None else None
         shared = _FFN.of(moe.shared_experts) if moe is not None and moe.shared_experts is not None else None
-        fuse = shared is not None and shared.gate_up_t.dtype == torch.float32 and shared.gate_up_t.is_contiguous()
+        fuse = shared is not None and shared.gate_up_t.dtype == torch.float32  # the router runs in float32
         return _Layer(
             index=layer.layer_idx, input_norm=layer.input_layernorm, post_norm=layer.post_attention_layernorm,
             in_t=_t(torch.cat([q_in.weight, kv_in.weight])), in_bias=in_bias, nq=q_in.out_features,
@@ -220,9 +221,7 @@ class FastDecoder:
         forward hooks on any submodule and no global module hooks (they would not fire), and
         attention may be absorbed (``attn_impl`` "auto" or "absorb", in the config and in every
         layer)."""
-        if model.config.attn_impl == "naive" or not _no_global_hooks():
-            return False
-        if any(layer.self_attn.attn_impl == "naive" for layer in model.main_layers):
+        if _blocked(model, [layer.self_attn for layer in model.main_layers]):
             return False
         for m in _submodules(model):
             if type(m) not in _KNOWN_MODULES or m._forward_hooks or m._forward_pre_hooks:
@@ -243,11 +242,11 @@ class FastDecoder:
     def is_current(self, model) -> bool:
         """Whether the snapshot still describes ``model``: no submodule replaced or hooked, no
         parameter replaced or changed in place (its version counter), no optimizer step taken
-        anywhere since the snapshot (fused optimizers do not bump version counters), and
-        ``attn_impl`` not switched to "naive" nor a softmax ``scale`` changed. A change made through ``.data`` is invisible to
-        these checks: call ``DeepseekV3ForCausalLM.reset_fast_decoder()`` after one."""
-        if (self.optimizer_steps != _OPTIMIZER_STEPS[0] or model.config.attn_impl == "naive"
-                or not _no_global_hooks() or any(a.attn_impl == "naive" for a in self.attn)
+        anywhere since the snapshot (fused optimizers do not bump version counters), no
+        ``attn_impl`` switched to "naive", no softmax ``scale`` changed. A change made through
+        ``.data`` is invisible to these checks: call ``DeepseekV3ForCausalLM.reset_fast_decoder()``
+        after one."""
+        if (self.optimizer_steps != _OPTIMIZER_STEPS[0] or _blocked(model, self.attn)
                 or [a.scale for a in self.attn] != self.scales):
             return False
         for siblings, name, child in self.tree:
@@ -354,7 +353,10 @@ class FastDecoder:
         return self._packed[1]
 
 
-def _no_global_hooks() -> bool:
+def _blocked(model, attention: list[nn.Module]) -> bool:
+    """What rules the fast path out whatever the snapshot: ``attn_impl="naive"`` in the config or
+    on one of the ``attention`` modules, or a global module hook (it would not fire)."""
     from torch.nn.modules import module as _m
 
-    return not (_m._global_forward_hooks or _m._global_forward_pre_hooks)
+    return (model.config.attn_impl == "naive" or any(a.attn_impl == "naive" for a in attention)
+            or bool(_m._global_forward_hooks or _m._global_forward_pre_hooks))

@@ -150,9 +150,10 @@ class DeepseekV3ForCausalLM(nn.Module):
         return MLACache.for_config(self.config, batch, capacity, dtype=w.dtype, device=w.device)
 
     def fast_decoder(self):
-        """The ``FastDecoder`` (``nanoseek.model.decode``) for one-token decode steps, rebuilt when a
-        parameter changed since it was made; None when ``use_fast_decode`` is False or the model
-        has layers it does not know (adapters, hooks, ``attn_impl="naive"``)."""
+        """The ``FastDecoder`` (``nanoseek.model.decode``) for one-token decode steps, rebuilt when
+        ``FastDecoder.is_current`` says the model changed since it was made (a parameter, a
+        submodule, an optimizer step); None when ``use_fast_decode`` is False or
+        ``FastDecoder.supports`` rules it out (adapters, hooks, ``attn_impl="naive"``)."""
         from nanoseek.model.decode import FastDecoder
 
         dec = getattr(self, "_fast_decoder", None)
