@@ -11,6 +11,7 @@ from torch import nn
 
 from nanoseek.generation import SamplingParams, generate
 from nanoseek.model import DeepseekV3ForCausalLM, ModelConfig
+from nanoseek.model import cpu_kernels
 from nanoseek.model import decode as decode_mod
 from nanoseek.model.attention import MLACache, MultiHeadLatentAttention, RMSNorm, apply_rope
 from nanoseek.model.decode import FastDecoder, rope_matrix
@@ -559,7 +560,9 @@ def moe_and_routing(seed=0):
 
 
 def test_moe_grouped_mm_equals_reference(monkeypatch):
-    """MoE.routed (grouped_mm under no_grad, the loop with grad) equals the per-expert reference, grads too."""
+    """MoE.routed (grouped_mm under no_grad, the loop with grad) equals the per-expert reference, grads too.
+    The C kernel, which would take these float32 calls first, is off here (tests/test_cpu_kernels.py)."""
+    monkeypatch.setattr(cpu_kernels, "routed_experts_ok", lambda *a: False)
     moe, x, idx, w = moe_and_routing()
     assert torch.bincount(idx.reshape(-1), minlength=8)[[1, 4, 5, 7]].tolist() == [0, 0, 0, 0]
     calls = []

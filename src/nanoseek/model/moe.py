@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nanoseek.model import cpu_kernels
 from nanoseek.model.config import ModelConfig
 
 _HAS_GROUPED_MM = hasattr(F, "grouped_mm")  # torch >= 2.9
@@ -235,11 +236,15 @@ class MoE(nn.Module):
         """Σ_k g_k FFN_{idx_k}(x): ``x [N, D]``, ``topk_idx/topk_w [N, K]`` -> [N, D].
 
         Sorted dispatch: assignments are ordered by expert, each expert runs once on its slice; at
-        inference on the CPU all experts run in one ``grouped_mm`` call (``RoutedExperts.grouped``).
+        inference on the CPU all experts run in one ``grouped_mm`` call (``RoutedExperts.grouped``),
+        and a few tokens (a decode step) in one C kernel call (``cpu_kernels.routed_experts``).
         """
         N, K = topk_idx.shape
         if N == 0:
             return torch.zeros_like(x)
+        ex = self.experts
+        if cpu_kernels.routed_experts_ok(x, topk_idx, ex.w_gate_up, ex.w_down, ex.act):
+            return cpu_kernels.routed_experts(x, topk_idx, topk_w, ex.w_gate_up, ex.w_down)
         flat_idx = topk_idx.reshape(-1)
         order = flat_idx.argsort(stable=True)  # [N*K] assignment ids grouped by expert
         counts = torch.bincount(flat_idx, minlength=self.n_experts)

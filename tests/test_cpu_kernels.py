@@ -1,0 +1,141 @@
+"""The C routed-experts kernel (nanoseek.model.cpu_kernels): equal to the per-expert reference over
+shapes, used by MoE.routed only where it applies, built once into the cache, and off cleanly."""
+
+import pytest
+import torch
+
+from nanoseek.model import ModelConfig, cpu_kernels
+from nanoseek.model.moe import MoE
+
+pytestmark = pytest.mark.skipif(cpu_kernels.library() is None, reason="no C compiler: the kernel is off")
+
+
+def make_moe(E=8, D=64, inter=32, K=2, seed=0, act="silu"):
+    torch.manual_seed(seed)
+    cfg = ModelConfig(vocab_size=50, hidden_size=D, intermediate_size=4 * D, moe_intermediate_size=inter,
+                      num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2, q_lora_rank=None,
+                      kv_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=8, v_head_dim=8, n_routed_experts=E,
+                      num_experts_per_tok=K, n_shared_experts=0, n_group=1, topk_group=1, hidden_act=act)
+    moe = MoE(cfg)
+    with torch.no_grad():
+        for p in moe.parameters():
+            p.normal_(0.0, 0.1)
+    return moe
+
+
+def routing(moe, N, seed=0, skip=()):
+    """Random top-K routing of N tokens over the experts not in ``skip`` (distinct experts per token)."""
+    g = torch.Generator().manual_seed(seed)
+    E, K = moe.n_experts, moe.top_k
+    allowed = torch.tensor([e for e in range(E) if e not in skip])
+    idx = torch.stack([allowed[torch.randperm(len(allowed), generator=g)[:K]] for _ in range(N)])
+    return idx, torch.rand(N, K, generator=g), torch.randn(N, moe.experts.w_gate_up.shape[1], generator=g)
+
+
+@pytest.mark.parametrize("E,D,inter,K,N", [
+    (8, 64, 32, 2, 1),        # one token
+    (8, 64, 32, 2, 37),       # several tokens per expert
+    (64, 512, 128, 6, 16),    # the benchmark's layer at a decode step
+    (16, 272, 160, 4, 9),     # D and 2I not multiples of the 256-column chunk
+    (4, 16, 16, 4, 300),      # every expert on every token, many rows
+    (32, 48, 48, 8, 5),
+])
+def test_kernel_equals_reference(E, D, inter, K, N):
+    moe = make_moe(E, D, inter, K)
+    idx, w, x = routing(moe, N, skip=(1,) if E > K + 1 else ())
+    ex = moe.experts
+    with torch.no_grad():
+        assert cpu_kernels.routed_experts_ok(x, idx, ex.w_gate_up, ex.w_down, ex.act)
+        ref = moe.routed_reference(x, idx, w)
+        got = cpu_kernels.routed_experts(x, idx, w, ex.w_gate_up, ex.w_down)
+    scale = ref.abs().max()
+    assert scale > 1e-2
+    torch.testing.assert_close(got, ref, atol=1e-6 * scale, rtol=0)  # float32 rounding of the sums
+
+
+def test_kernel_same_result_on_one_thread():
+    moe = make_moe(64, 512, 128, 6)
+    idx, w, x = routing(moe, 16)
+    ex = moe.experts
+    before = torch.get_num_threads()
+    with torch.no_grad():
+        two = cpu_kernels.routed_experts(x, idx, w, ex.w_gate_up, ex.w_down)
+        torch.set_num_threads(1)
+        try:
+            one = cpu_kernels.routed_experts(x, idx, w, ex.w_gate_up, ex.w_down)
+        finally:
+            torch.set_num_threads(before)
+    assert torch.equal(one, two)  # each output is computed by one thread in a fixed order
+
+
+def test_moe_routed_uses_the_kernel_only_at_inference_in_float32(monkeypatch):
+    moe = make_moe()
+    idx, w, x = routing(moe, 12)
+    calls = []
+    real = cpu_kernels.routed_experts
+    monkeypatch.setattr(cpu_kernels, "routed_experts", lambda *a: calls.append(1) or real(*a))
+    with torch.no_grad():
+        ref = moe.routed_reference(x, idx, w)
+        torch.testing.assert_close(moe.routed(x, idx, w), ref, atol=2e-6, rtol=1e-5)
+        assert calls == [1]
+        moe.double()  # float64: the torch path
+        torch.testing.assert_close(moe.routed(x.double(), idx, w), ref.double(), atol=2e-6, rtol=1e-5)
+        assert calls == [1]
+        moe.float()
+    out = moe.routed(x, idx, w)  # gradient wanted: the torch path, whose backward is tested elsewhere
+    assert calls == [1] and out.requires_grad
+    torch.testing.assert_close(out.detach(), ref, atol=2e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kw", [dict(inter=24), dict(D=40), dict(act="gelu")], ids=["width_24", "hidden_40", "gelu"])
+def test_shapes_and_activations_it_does_not_take(kw):
+    moe = make_moe(**kw)
+    idx, w, x = routing(moe, 4)
+    ex = moe.experts
+    with torch.no_grad():
+        assert not cpu_kernels.routed_experts_ok(x, idx, ex.w_gate_up, ex.w_down, ex.act)
+        torch.testing.assert_close(moe.routed(x, idx, w), moe.routed_reference(x, idx, w), atol=2e-6, rtol=1e-5)
+
+
+def test_bad_expert_index_raises():
+    moe = make_moe()
+    idx, w, x = routing(moe, 3)
+    idx[1, 0] = moe.n_experts
+    with torch.no_grad(), pytest.raises(ValueError, match=r"outside \[0, 8\)"):
+        cpu_kernels.routed_experts(x, idx, w, moe.experts.w_gate_up, moe.experts.w_down)
+
+
+@pytest.fixture
+def fresh_library(monkeypatch, tmp_path):
+    """``cpu_kernels.library`` with an empty cache in tmp_path; the cached result is restored after."""
+    monkeypatch.setenv("NANOSEEK_CACHE", str(tmp_path))
+    cpu_kernels.library.cache_clear()
+    yield tmp_path
+    cpu_kernels.library.cache_clear()
+
+
+def test_built_once_into_the_cache(fresh_library):
+    lib = cpu_kernels.library()
+    assert lib is not None
+    built = list((fresh_library / "kernels").glob("*/routed_experts.so"))
+    assert len(built) == 1 and not list((fresh_library / "kernels").glob("*/.build-*"))
+    stamp = built[0].stat().st_mtime_ns
+    cpu_kernels.library.cache_clear()
+    assert cpu_kernels.library() is not None
+    assert built[0].stat().st_mtime_ns == stamp  # loaded, not rebuilt
+
+
+def test_off_by_environment(fresh_library, monkeypatch):
+    monkeypatch.setenv("NANOSEEK_CPU_KERNELS", "0")
+    assert cpu_kernels.library() is None
+    moe = make_moe()
+    idx, w, x = routing(moe, 4)
+    with torch.no_grad():
+        assert not cpu_kernels.routed_experts_ok(x, idx, moe.experts.w_gate_up, moe.experts.w_down, moe.experts.act)
+
+
+def test_failed_build_warns_and_turns_the_kernel_off(fresh_library, monkeypatch):
+    monkeypatch.setenv("CC", "false")  # a "compiler" that always fails
+    with pytest.warns(UserWarning, match="CPU decode kernels are off"):
+        assert cpu_kernels.library() is None
+    assert not list((fresh_library / "kernels").glob("*/*"))  # no half-written library left
