@@ -117,7 +117,7 @@ def fresh_library(monkeypatch, tmp_path):
 def test_built_once_into_the_cache(fresh_library):
     lib = cpu_kernels.library()
     assert lib is not None
-    built = list((fresh_library / "kernels").glob("*/routed_experts.so"))
+    built = list((fresh_library / "kernels").glob("*/decode_kernels.so"))
     assert len(built) == 1 and not list((fresh_library / "kernels").glob("*/.build-*"))
     stamp = built[0].stat().st_mtime_ns
     cpu_kernels.library.cache_clear()
@@ -139,3 +139,84 @@ def test_failed_build_warns_and_turns_the_kernel_off(fresh_library, monkeypatch)
     with pytest.warns(UserWarning, match="CPU decode kernels are off"):
         assert cpu_kernels.library() is None
     assert not list((fresh_library / "kernels").glob("*/*"))  # no half-written library left
+
+
+# ----------------------------------------------------------------------------- MLA attention kernel
+from test_decode import assert_same_steps, build, decode_tokens, padded_batch, run  # noqa: E402
+
+from nanoseek.model.decode import FastDecoder  # noqa: E402
+
+KERNEL_ATTENTION = {  # head counts and widths the kernel takes (16k heads; c, d_rope, d_v multiples of 16)
+    "16_heads": dict(num_attention_heads=16, num_key_value_heads=16, qk_rope_head_dim=16, v_head_dim=16,
+                     qk_nope_head_dim=8),
+    "32_heads_variant": dict(num_attention_heads=32, num_key_value_heads=32, qk_rope_head_dim=16, v_head_dim=32,
+                             qk_nope_head_dim=12, kv_lora_rank=48, q_lora_rank=None, attention_bias=True,
+                             rope_interleave=False, max_position_embeddings=256,
+                             rope_scaling={"rope_type": "yarn", "factor": 4, "original_max_position_embeddings": 64,
+                                           "beta_fast": 32, "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 1.0}),
+}
+
+
+@pytest.fixture
+def attention_calls(monkeypatch):
+    calls = []
+    real = cpu_kernels.mla_attention
+    monkeypatch.setattr(cpu_kernels, "mla_attention", lambda *a: calls.append(a[5]) or real(*a))
+    return calls
+
+
+@pytest.mark.parametrize("overrides", list(KERNEL_ATTENTION.values()), ids=list(KERNEL_ATTENTION))
+def test_attention_kernel_equals_module_path(overrides, attention_calls):
+    """Fast decode steps through the C attention give the module path's logits (1e-5) over a left-padded
+    batch with pad decode tokens (-inf keys) and a cache that grows past its first capacity."""
+    m = build(**overrides)
+    ids, mask = padded_batch()
+    steps = 40
+    tokens = decode_tokens(3, steps)
+    new_masks = torch.ones(steps, 3, dtype=torch.long)
+    new_masks[1, 1] = new_masks[2, 0] = new_masks[2, 2] = new_masks[30, 1] = 0
+    fast = run(m, True, ids, mask, tokens, new_masks)
+    n_layers = m.config.num_hidden_layers
+    assert attention_calls[:n_layers] == [ids.shape[1] + 1] * n_layers  # keys read: the prompt + the new token
+    assert len(attention_calls) == steps * n_layers
+    slow = run(m, False, ids, mask, tokens, new_masks)
+    assert_same_steps(fast, slow)
+
+
+def test_attention_kernel_equals_torch_attention_long_cache(attention_calls):
+    """The kernel against FastDecoder's own torch attention on the same step, at 300 cached keys."""
+    m = build(**KERNEL_ATTENTION["16_heads"])
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(1, 60, (4, 300), generator=g)
+    mask = torch.ones(4, 300, dtype=torch.long)
+    mask[1, :17] = 0  # a left-padded row
+    with torch.no_grad():
+        out = m(ids, attention_mask=mask, use_cache=True)
+        dec = FastDecoder(m)
+        cache = out.past_key_values
+        cache.reserve(1)
+        L = dec.layers[0]
+        assert L.c_kernel
+        x = torch.randn(4, m.config.hidden_size, generator=g)
+        cos, sin = dec.rotary(torch.full((4, 1), 300))
+        from nanoseek.model.decode import rope_matrix
+        rot = rope_matrix(cos[:, 0], sin[:, 0], m.config.rope_interleave)
+        bias = torch.zeros(4, 1, 301)
+        bias[:, 0, :300].masked_fill_(~cache.mask[:, :300], float("-inf"))
+        got = dec._attention(L, x, rot, bias, cache)
+        L.c_kernel = False
+        ref = dec._attention(L, x, rot, bias, cache)
+    assert attention_calls == [301]
+    assert ref.abs().max() > 1e-2
+    torch.testing.assert_close(got, ref, atol=1e-6, rtol=1e-5)
+
+
+def test_attention_kernel_not_used_where_it_does_not_apply(attention_calls):
+    """4 heads (the default tiny config) and float64: the torch attention."""
+    m = build()
+    assert not any(L.c_kernel for L in FastDecoder(m).layers)
+    m16 = build(**KERNEL_ATTENTION["16_heads"]).double()
+    assert not any(L.c_kernel for L in FastDecoder(m16).layers)
+    ids, mask = padded_batch()
+    run(m, True, ids, mask, decode_tokens(3, 2))
+    assert attention_calls == []

@@ -1,10 +1,14 @@
 """C kernels for the CPU decode step, compiled on first use with the machine's C compiler.
 
-One kernel so far: ``routed_experts``, the routed part of a DeepSeekMoE layer (DeepSeek-V3 report,
-eq. 12) for the few tokens of a decode step (``csrc/routed_experts.c`` says why it is faster than
-``F.grouped_mm`` there: the step is bound by reading the hit experts' weights, and the kernel
-streams them with prefetch in one OpenMP region instead of a sort, two ``grouped_mm`` calls and a
-scatter issued from Python).
+Two kernels (``csrc/decode_kernels.c`` says how each works and why it is faster there):
+
+* ``routed_experts``: the routed part of a DeepSeekMoE layer (DeepSeek-V3 report, eq. 12). At a
+  decode step it is bound by reading the hit experts' weights; the kernel streams them with
+  prefetch in one OpenMP region instead of a sort, two ``grouped_mm`` calls and a scatter issued
+  from Python. ``MoE.routed`` uses it for every float32 CPU call without gradient.
+* ``mla_attention``: absorbed MLA (DeepSeek-V2 sec. 2.1.3) for one new token per row over the
+  latent cache, from the query to the heads' outputs, in one call per layer instead of about a
+  dozen torch kernels. ``FastDecoder`` uses it.
 
 The source is compiled once per source text, compiler flags and CPU into
 ``cache_dir()/kernels/<hash>/`` (``$NANOSEEK_CACHE`` or ``~/.cache/nanoseek``) with ``$CC`` (else
@@ -30,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-_SOURCE = Path(__file__).with_name("csrc") / "routed_experts.c"
+_SOURCE = Path(__file__).with_name("csrc") / "decode_kernels.c"
 _FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
 _ERRORS = {-1: "a shape it does not take", -2: "an expert index outside [0, n_routed_experts)", -3: "out of memory"}
 
@@ -74,7 +78,7 @@ def library() -> ctypes.CDLL | None:
     from nanoseek.paths import cache_dir
 
     key = hashlib.sha256("\0".join([_SOURCE.read_text(), cc, *_FLAGS, _cpu_identity()]).encode()).hexdigest()[:16]
-    path = cache_dir() / "kernels" / key / "routed_experts.so"
+    path = cache_dir() / "kernels" / key / "decode_kernels.so"
     try:
         if not path.exists():
             _build(cc, path)
@@ -85,6 +89,10 @@ def library() -> ctypes.CDLL | None:
     fn = lib.nanoseek_routed_experts
     fn.restype = ctypes.c_int
     fn.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 5 + [ctypes.c_void_p] * 3 + [ctypes.c_int]
+    fn = lib.nanoseek_mla_attention
+    fn.restype = ctypes.c_int
+    fn.argtypes = ([ctypes.c_void_p] * 5 + [ctypes.c_int64, ctypes.c_void_p] + [ctypes.c_int64] * 7
+                   + [ctypes.c_float, ctypes.c_void_p, ctypes.c_int])
     return lib
 
 
@@ -123,4 +131,42 @@ def routed_experts(x: torch.Tensor, topk_idx: torch.Tensor, topk_w: torch.Tensor
         raise ValueError(f"routed_experts: an expert index is outside [0, {E})")
     if rc != 0:
         raise RuntimeError(f"routed_experts: the kernel failed ({_ERRORS.get(rc, rc)})")
+    return out
+
+
+def mla_attention_ok(n_heads: int, kv_lora_rank: int, rope_dim: int, v_head_dim: int, dtype: torch.dtype,
+                     device: torch.device) -> bool:
+    """Whether ``mla_attention`` applies to a layer: CPU float32, 16, 32, 64 or 128 heads (they are
+    the vector lanes of the score loop), ``kv_lora_rank``, ``qk_rope_head_dim`` and ``v_head_dim``
+    multiples of 16, and the library built. The cache buffer must also be contiguous (the caller
+    checks it per call)."""
+    return (torch.device(device).type == "cpu" and dtype == torch.float32 and n_heads in (16, 32, 64, 128)
+            and kv_lora_rank % 16 == 0 and rope_dim % 16 == 0 and v_head_dim % 16 == 0 and library() is not None)
+
+
+def mla_attention(q: torch.Tensor, rot: torch.Tensor, w_uk: torch.Tensor, w_uv_t: torch.Tensor, kv: torch.Tensor,
+                  length: int, bias: torch.Tensor, scale: float) -> torch.Tensor:
+    """Absorbed MLA for one new token per row (DeepSeek-V2 sec. 2.1.3, V3 sec. 2.1.1), as
+    ``FastDecoder._attention`` computes it in torch:
+
+        scores_hs = scale · ([q^C_h W^UK_h ; RoPE(q^R_h)] · kv[s]) + bias_s,  p = softmax_s
+        o_h       = (Σ_s p_hs c^KV_s) W^UV_h
+
+    ``q [B, H, dn + dr]`` (q^C ; q^R before RoPE), ``rot [B, dr, dr]`` (``rope_matrix``),
+    ``w_uk [H, dn, c]``, ``w_uv_t [H, c, dv]``, ``kv [B, capacity, c + dr]`` the layer's cache
+    buffer whose first ``length`` positions are read (the new token's included), ``bias [B, 1,
+    length]`` additive (0 or -inf) -> ``[B, H * dv]``. Call only where ``mla_attention_ok`` holds
+    and ``kv`` is contiguous;
+    raises ``RuntimeError`` if the kernel rejects the shapes or runs out of memory.
+    """
+    B, H, dq = q.shape
+    c, dv = w_uk.shape[2], w_uv_t.shape[2]
+    q, rot, bias = q.contiguous(), rot.contiguous(), bias.reshape(B, length).contiguous()
+    out = torch.empty(B, H * dv, dtype=torch.float32)
+    rc = library().nanoseek_mla_attention(
+        q.data_ptr(), rot.data_ptr(), w_uk.data_ptr(), w_uv_t.data_ptr(), kv.data_ptr(), kv.stride(0),
+        bias.data_ptr(), B, H, dq - rot.shape[-1], rot.shape[-1], c, dv, length, scale, out.data_ptr(),
+        torch.get_num_threads())
+    if rc != 0:
+        raise RuntimeError(f"mla_attention: the kernel failed ({_ERRORS.get(rc, rc)})")
     return out

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
+from nanoseek.model import cpu_kernels
 from nanoseek.model.moe import MLP, MoE
 
 _HAS_MKL_LINEAR = (hasattr(torch.ops, "mkl") and hasattr(torch.ops.mkl, "_mkl_linear")
@@ -132,6 +133,7 @@ class _Layer:
     gate_shared_t: torch.Tensor | None  # [D, E + 2I_s] router and shared gate/up (float32 models)
     shared: _FFN | None
     dense: _FFN | None
+    c_kernel: bool  # attention through cpu_kernels.mla_attention
 
 
 def _submodules(model) -> list[nn.Module]:
@@ -211,7 +213,8 @@ class FastDecoder:
             o_t=_t(a.o_proj.weight), o_bias=bias(a.o_proj), scale=a.scale,
             moe=moe, gate_t=gate_t, gate_shared_t=torch.cat([gate_t, shared.gate_up_t], 1) if fuse else None,
             shared=shared,
-            dense=None if moe is not None else _FFN.of(layer.mlp))
+            dense=None if moe is not None else _FFN.of(layer.mlp),
+            c_kernel=cpu_kernels.mla_attention_ok(H, cr, self.d_rope, dv, w.dtype, w.device))
 
     # ----------------------------------------------------------------------------- validity
     @staticmethod
@@ -316,6 +319,10 @@ class FastDecoder:
         q = q.reshape(B, H, dn + self.d_rope)
         k_rope = torch.bmm(kv[:, None, c:], rot)  # k^R = RoPE(k), [B, 1, dr]
         cache.write(L.index, _rms(kv[:, None, :c], L.kv_norm), k_rope)
+        if L.c_kernel and cache.kv[L.index].is_contiguous():
+            o = cpu_kernels.mla_attention(q, rot, L.w_uk, L.w_uv_t, cache.kv[L.index], cache.length + 1, attn_bias,
+                                          L.scale)
+            return _proj(o, L.o_t, L.o_bias)
         keys = cache.kv[L.index][:, : cache.length + 1]  # [B, S, c + dr]: [c^KV ; k^R]
         q_lat = torch.bmm(q[..., :dn].transpose(0, 1), L.w_uk).transpose(0, 1)  # q^C W^UK, [B, H, c]
         q = torch.cat([q_lat, torch.bmm(q[..., dn:], rot)], dim=-1)  # [B, H, c + dr]
