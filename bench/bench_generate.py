@@ -1,4 +1,4 @@
-"""Generation throughput: nanoseek (latent cache, absorbed MLA, sorted MoE dispatch) vs transformers.
+"""Generation throughput: nanoseek (latent cache, absorbed MLA, C decode kernels) vs transformers.
 
 A fixed random DeepSeek-V3-shaped model (~133M parameters: hidden 512, 8 layers with the first dense,
 16 heads, q_lora_rank 256, kv_lora_rank 128, 64 routed experts of width 128, top-6, 2 shared,
@@ -8,6 +8,10 @@ each keeps its best (the median is printed too). Also prints the memory-bandwidt
 bytes read per decode step divided by the measured copy bandwidth.
 
     python bench/bench_generate.py [--threads 2] [--gen-threads 1] [--batch 16] [--new 128] [--repeats 3] [--skip-hf]
+                                   [--no-kernels]
+
+nanoseek's decode step runs its routed experts and attention in C kernels compiled on first use
+(``nanoseek.model.cpu_kernels``); ``--no-kernels`` measures the torch-only path instead.
 
 On a CPU shared with other busy processes, multi-threaded tiny matmuls stall on descheduled
 threads; compare at ``--threads 1`` there (or give nanoseek ``--gen-threads 1``).
@@ -16,6 +20,7 @@ threads; compare at ``--threads 1`` there (or give nanoseek ``--gen-threads 1``)
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -24,7 +29,7 @@ import warnings
 import torch
 
 from nanoseek.generation import SamplingParams, generate
-from nanoseek.model import DeepseekV3ForCausalLM, ModelConfig
+from nanoseek.model import DeepseekV3ForCausalLM, ModelConfig, cpu_kernels
 from nanoseek.model.hf import save_pretrained
 
 CONFIG = dict(
@@ -73,14 +78,20 @@ def main() -> None:
                     help="torch threads inside nanoseek's generate (default: --threads)")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per engine, taking turns")
     ap.add_argument("--skip-hf", action="store_true")
+    ap.add_argument("--no-kernels", action="store_true",
+                    help="nanoseek without its C decode kernels (NANOSEEK_CPU_KERNELS=0): the torch-only path")
     args = ap.parse_args()
+    if args.no_kernels:
+        os.environ["NANOSEEK_CPU_KERNELS"] = "0"
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = DeepseekV3ForCausalLM(ModelConfig(**CONFIG)).eval()
     with torch.no_grad():  # a non-trivial balancing bias, as in a trained model
         for moe in model.moe_layers():
             moe.gate.e_score_correction_bias.normal_(0, 0.01)
-    print(f"model: {model.num_parameters() / 1e6:.1f}M parameters, float32, {args.threads} threads")
+    kernels = "on" if cpu_kernels.library() is not None else "off"
+    print(f"model: {model.num_parameters() / 1e6:.1f}M parameters, float32, {args.threads} threads; "
+          f"nanoseek's C decode kernels {kernels}")
     prompts = torch.randint(1, CONFIG["vocab_size"], (args.batch, args.prompt)).tolist()
     params = SamplingParams(max_new_tokens=args.new, temperature=0)
     n_new = args.batch * args.new

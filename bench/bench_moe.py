@@ -1,8 +1,9 @@
 """Forward time of one DeepSeekMoE layer with 64 vs 8 routed experts (same expert width, top-6).
 
-With sorted dispatch the work is the same N·k expert-rows either way (at inference on the CPU all
-experts run in two ``grouped_mm`` calls); only the per-expert bookkeeping and the distinct expert
-weights read grow. Target: 64 experts ≤ 1.5× the 8-expert time at 2048 tokens.
+The work is the same N·k expert-rows either way; only the per-expert bookkeeping and the distinct
+expert weights read grow. At inference on the CPU in float32 the routed experts run in one C kernel
+call (``nanoseek.model.cpu_kernels.routed_experts``; ``NANOSEEK_CPU_KERNELS=0`` for the
+``grouped_mm`` path). Target: 64 experts ≤ 1.5× the 8-expert time at 2048 tokens.
 
     python bench/bench_moe.py [--threads 2] [--reps 20]
 """

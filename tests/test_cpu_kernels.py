@@ -220,3 +220,17 @@ def test_attention_kernel_not_used_where_it_does_not_apply(attention_calls):
     ids, mask = padded_batch()
     run(m, True, ids, mask, decode_tokens(3, 2))
     assert attention_calls == []
+
+
+def test_rms_norm_kernel_equals_module():
+    """cpu_kernels.rms_norm equals RMSNorm.forward, on contiguous and on strided rows."""
+    from nanoseek.model.attention import RMSNorm
+
+    g = torch.Generator().manual_seed(5)
+    norm = RMSNorm(144, eps=1e-6)
+    with torch.no_grad():
+        norm.weight.copy_(1 + 0.3 * torch.randn(144, generator=g))
+        x = 3 * torch.randn(7, 400, generator=g)
+        for rows in (x[:, :144].contiguous(), x[:, 100:244]):  # the second: rows 400 floats apart
+            torch.testing.assert_close(cpu_kernels.rms_norm(rows, norm.weight, norm.eps), norm(rows),
+                                       atol=1e-6, rtol=1e-6)

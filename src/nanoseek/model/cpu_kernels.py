@@ -1,6 +1,6 @@
 """C kernels for the CPU decode step, compiled on first use with the machine's C compiler.
 
-Two kernels (``csrc/decode_kernels.c`` says how each works and why it is faster there):
+The kernels (``csrc/decode_kernels.c`` says how each works and why it is faster there):
 
 * ``routed_experts``: the routed part of a DeepSeekMoE layer (DeepSeek-V3 report, eq. 12). At a
   decode step it is bound by reading the hit experts' weights; the kernel streams them with
@@ -9,6 +9,8 @@ Two kernels (``csrc/decode_kernels.c`` says how each works and why it is faster 
 * ``mla_attention``: absorbed MLA (DeepSeek-V2 sec. 2.1.3) for one new token per row over the
   latent cache, from the query to the heads' outputs, in one call per layer instead of about a
   dozen torch kernels. ``FastDecoder`` uses it.
+* ``rms_norm``: the decode step's RMSNorms in one call each (torch's composite ``rms_norm`` is
+  five kernels: 14 vs 5 µs for ``[16, 512]``). ``FastDecoder`` uses it.
 
 The source is compiled once per source text, compiler flags and CPU into
 ``cache_dir()/kernels/<hash>/`` (``$NANOSEEK_CACHE`` or ``~/.cache/nanoseek``) with ``$CC`` (else
@@ -93,6 +95,9 @@ def library() -> ctypes.CDLL | None:
     fn.restype = ctypes.c_int
     fn.argtypes = ([ctypes.c_void_p] * 5 + [ctypes.c_int64, ctypes.c_void_p] + [ctypes.c_int64] * 7
                    + [ctypes.c_float, ctypes.c_void_p, ctypes.c_int])
+    fn = lib.nanoseek_rms_norm
+    fn.restype = ctypes.c_int
+    fn.argtypes = [ctypes.c_void_p] + [ctypes.c_int64] * 3 + [ctypes.c_void_p, ctypes.c_float, ctypes.c_void_p]
     return lib
 
 
@@ -169,4 +174,17 @@ def mla_attention(q: torch.Tensor, rot: torch.Tensor, w_uk: torch.Tensor, w_uv_t
         torch.get_num_threads())
     if rc != 0:
         raise RuntimeError(f"mla_attention: the kernel failed ({_ERRORS.get(rc, rc)})")
+    return out
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm of ``x [M, D]`` float32 (rows may be strided, columns contiguous) with ``weight [D]``
+    float32 -> ``[M, D]``: ``x / sqrt(mean(x²) + eps) * weight``."""
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    M, D = x.shape
+    out = torch.empty(M, D, dtype=torch.float32)
+    rc = library().nanoseek_rms_norm(x.data_ptr(), x.stride(0), M, D, weight.data_ptr(), eps, out.data_ptr())
+    if rc != 0:
+        raise RuntimeError(f"rms_norm: the kernel failed ({_ERRORS.get(rc, rc)})")
     return out

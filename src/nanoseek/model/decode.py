@@ -18,14 +18,18 @@ measured on the benchmark model (``bench/bench_generate.py``, 2-core CPU):
 * **Output head** ``[B, D] x [D, V]``: with MKL, the weight is also kept pre-packed for the batch
   size in use (``torch.ops.mkl._mkl_linear``, bit-identical to ``x @ W_t``; 4.9 vs 7.4 ms for
   ``[16, 512] x [512, 32000]``); it is re-packed once a new batch size has lasted a few steps.
-* **Attention as two ``bmm``.** All heads attend to the same single latent key per position, so
-  the H heads are H query rows of one attention whose keys are the cached ``[c^KV ; k^R]`` buffer
-  itself (``MLACache.kv``) and whose values are its ``c^KV`` columns: scores, softmax and the
-  weighted sum are three kernels for all heads (SDPA's CPU kernel was no faster here).
+* **Attention in one C call per layer** (``cpu_kernels.mla_attention``, CPU float32 with 16-128
+  heads): the H heads are the vector lanes of one score loop over the cached ``[c^KV ; k^R]``
+  buffer (``MLACache.kv``), so each cached key is read once per row, and the two per-head
+  products (``W^UK``, ``W^UV``) run over all rows at once. Elsewhere, three torch kernels do the
+  same for all heads: scores, softmax and the weighted sum (SDPA's CPU kernel was no faster).
+* **RMSNorm in one C call** (``cpu_kernels.rms_norm``, float32 CPU) instead of torch's five
+  kernels.
 * **RoPE as a matmul.** The rotation of every position is one ``[d_rope, d_rope]`` matrix per row,
   built once per step and shared by all layers, queries and keys.
-* **Routed experts** through ``MoE.routed`` (one ``grouped_mm`` per projection on the CPU); the
-  shared experts and dense FFNs with ``gate_proj``/``up_proj`` fused into one matrix.
+* **Routed experts** through ``MoE.routed``: one C kernel call per layer on the CPU in float32
+  (``cpu_kernels.routed_experts``), else one ``grouped_mm`` per projection; the shared experts
+  and dense FFNs with ``gate_proj``/``up_proj`` fused into one matrix.
 
 The snapshot holds one extra copy of the non-expert weights (for the benchmark model about
 110 MB, mostly the output head; plus the packed head); the routed experts, embeddings, norms and
@@ -58,15 +62,28 @@ def _t(w: torch.Tensor) -> torch.Tensor:
     return w.t().contiguous() if w.device.type == "cpu" else w.t()
 
 
-def _rms(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
-    """``RMSNorm.forward`` (float32 statistics, then the weight) with fewer kernels."""
-    if x.dtype == torch.float32 and norm.weight.dtype == torch.float32:
-        return F.rms_norm(x, (x.shape[-1],), norm.weight, norm.eps)
-    return norm.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=norm.eps).to(x.dtype)
+def _rms(x: torch.Tensor, norm: nn.Module, kernel: bool = False) -> torch.Tensor:
+    """``RMSNorm.forward`` (float32 statistics, then the weight) with fewer kernels: one C call
+    (``cpu_kernels.rms_norm``) with ``kernel`` for a float32 ``[M, D]`` ``x``, else ``F.rms_norm``."""
+    w = norm.weight
+    if x.dtype == torch.float32 and w.dtype == torch.float32:
+        if kernel and x.dim() == 2 and w.is_contiguous():
+            return cpu_kernels.rms_norm(x, w.detach(), norm.eps)
+        return F.rms_norm(x, (x.shape[-1],), w, norm.eps)
+    return w * F.rms_norm(x.float(), (x.shape[-1],), eps=norm.eps).to(x.dtype)
 
 
-def _proj(x: torch.Tensor, w_t: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    return x @ w_t if bias is None else torch.addmm(bias, x, w_t)
+class _Dense:
+    """A decode-step projection ``x @ w.T (+ bias)`` for the weight ``w [out, in]``, kept input-major
+    (``_t``)."""
+
+    def __init__(self, w: torch.Tensor, bias: torch.Tensor | None = None) -> None:
+        self.w_t = _t(w)  # [in, out]
+        self.bias = None if bias is None else bias.detach()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """``x [M, in]`` -> ``[M, out]``."""
+        return x @ self.w_t if self.bias is None else torch.addmm(self.bias, x, self.w_t)
 
 
 def rope_matrix(cos: torch.Tensor, sin: torch.Tensor, interleave: bool) -> torch.Tensor:
@@ -90,47 +107,45 @@ def rope_matrix(cos: torch.Tensor, sin: torch.Tensor, interleave: bool) -> torch
 
 @dataclass
 class _FFN:
-    """A SwiGLU FFN as ``act(x @ W_gate_t) * (x @ W_up_t) @ W_down_t`` with gate/up in one matrix."""
+    """A SwiGLU FFN as ``down(act(gate(x)) * up(x))`` with gate/up in one projection."""
 
-    gate_up_t: torch.Tensor  # [D, 2I]
-    down_t: torch.Tensor  # [I, D]
+    gate_up: _Dense  # [D] -> [2I]
+    down_proj: _Dense  # [I] -> [D]
     inter: int
     act: object
 
     @classmethod
     def of(cls, mlp: MLP) -> "_FFN":
         gu = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).detach()
-        return cls(_t(gu), _t(mlp.down_proj.weight), mlp.gate_proj.out_features, mlp.act)
+        return cls(_Dense(gu), _Dense(mlp.down_proj.weight), mlp.gate_proj.out_features, mlp.act)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down(x @ self.gate_up_t)
+        return self.down(self.gate_up(x))
 
     def down(self, h: torch.Tensor) -> torch.Tensor:
-        """The rest of the FFN from ``h = x @ gate_up_t`` [N, 2I]."""
-        return (self.act(h[:, : self.inter]) * h[:, self.inter:]) @ self.down_t
+        """The rest of the FFN from ``h = gate_up(x)`` [N, 2I]."""
+        return self.down_proj(self.act(h[:, : self.inter]) * h[:, self.inter:])
 
 
 @dataclass
 class _Layer:
-    """One decoder block's decode-ready weights (``_t``: transposed, input-major)."""
+    """One decoder block's decode-ready weights."""
 
     index: int
     input_norm: nn.Module
     post_norm: nn.Module
-    in_t: torch.Tensor  # [D, nq + c + dr]: [q_a_proj (or q_proj) ; kv_a_proj_with_mqa], one matmul
-    in_bias: torch.Tensor | None
+    in_proj: _Dense  # [q_a_proj (or q_proj) ; kv_a_proj_with_mqa]: D -> nq + c + dr, one product
     nq: int  # q_lora_rank, or H*(dn+dr) without q compression
     q_a_norm: nn.Module | None
-    q_b_t: torch.Tensor | None  # [q_lora_rank, H*(dn+dr)]
+    q_b: _Dense | None  # q_lora_rank -> H*(dn+dr)
     kv_norm: nn.Module
     w_uk: torch.Tensor  # [H, dn, c]
     w_uv_t: torch.Tensor  # [H, c, dv]
-    o_t: torch.Tensor  # [H*dv, D]
-    o_bias: torch.Tensor | None
+    o_proj: _Dense  # H*dv -> D
     scale: float
     moe: MoE | None
     gate_t: torch.Tensor | None  # [D, E] router weight, float32
-    gate_shared_t: torch.Tensor | None  # [D, E + 2I_s] router and shared gate/up (float32 models)
+    gate_shared: _Dense | None  # router and shared gate/up in one product, D -> E + 2I_s (float32 models)
     shared: _FFN | None
     dense: _FFN | None
     c_kernel: bool  # attention through cpu_kernels.mla_attention
@@ -178,6 +193,7 @@ class FastDecoder:
         self.n_heads, self.d_nope, self.d_rope, self.d_v = (
             c.num_attention_heads, c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim)
         self.kv_lora_rank = c.kv_lora_rank
+        self.kernels = model.lm_head.weight.device.type == "cpu" and cpu_kernels.library() is not None  # RMSNorm
         self.rotary = model.model.rotary_emb
         self.embed = model.model.embed_tokens
         self.final_norm = model.model.norm
@@ -203,16 +219,18 @@ class FastDecoder:
             in_bias = torch.cat([bias(m) if m.bias is not None else zeros(m) for m in (q_in, kv_in)])
         gate_t = _t(moe.gate.weight.float()) if moe is not None else None
         shared = _FFN.of(moe.shared_experts) if moe is not None and moe.shared_experts is not None else None
-        fuse = shared is not None and shared.gate_up_t.dtype == torch.float32  # the router runs in float32
+        s = moe.shared_experts if shared is not None else None
+        fuse = s is not None and s.gate_proj.weight.dtype == torch.float32  # the router runs in float32
         return _Layer(
             index=layer.layer_idx, input_norm=layer.input_layernorm, post_norm=layer.post_attention_layernorm,
-            in_t=_t(torch.cat([q_in.weight, kv_in.weight])), in_bias=in_bias, nq=q_in.out_features,
-            q_a_norm=a.q_a_layernorm if lora else None, q_b_t=_t(a.q_b_proj.weight) if lora else None,
+            in_proj=_Dense(torch.cat([q_in.weight, kv_in.weight]), in_bias), nq=q_in.out_features,
+            q_a_norm=a.q_a_layernorm if lora else None, q_b=_Dense(a.q_b_proj.weight) if lora else None,
             kv_norm=a.kv_a_layernorm,
             w_uk=w[:, :dn].contiguous(), w_uv_t=w[:, dn:].transpose(1, 2).contiguous(),
-            o_t=_t(a.o_proj.weight), o_bias=bias(a.o_proj), scale=a.scale,
-            moe=moe, gate_t=gate_t, gate_shared_t=torch.cat([gate_t, shared.gate_up_t], 1) if fuse else None,
-            shared=shared,
+            o_proj=_Dense(a.o_proj.weight, bias(a.o_proj)), scale=a.scale,
+            moe=moe, gate_t=gate_t, shared=shared,
+            gate_shared=_Dense(torch.cat([moe.gate.weight.float(), s.gate_proj.weight, s.up_proj.weight]))
+            if fuse else None,
             dense=None if moe is not None else _FFN.of(layer.mlp),
             c_kernel=cpu_kernels.mla_attention_ok(H, cr, self.d_rope, dv, w.dtype, w.device))
 
@@ -280,13 +298,13 @@ class FastDecoder:
         rot = rope_matrix(cos[:, 0], sin[:, 0], self.config.rope_interleave).to(h.dtype)  # [B, dr, dr]
         routed = []  # topk_idx [B, K] of each MoE layer
         for L in self.layers:
-            h = h + self._attention(L, _rms(h, L.input_norm), rot, attn_bias, cache)
-            x = _rms(h, L.post_norm)
+            h = h + self._attention(L, _rms(h, L.input_norm, self.kernels), rot, attn_bias, cache)
+            x = _rms(h, L.post_norm, self.kernels)
             if L.dense is not None:
                 h = h + L.dense(x)
                 continue
-            if L.gate_shared_t is not None:  # router and shared experts' gate/up in one matmul
-                g = x @ L.gate_shared_t
+            if L.gate_shared is not None:  # router and shared experts' gate/up in one product
+                g = L.gate_shared(x)
                 scores, y = g[:, : L.moe.n_experts].sigmoid(), L.shared.down(g[:, L.moe.n_experts:])
             else:
                 scores = (x.float() @ L.gate_t).sigmoid()
@@ -296,7 +314,7 @@ class FastDecoder:
             h = h + (r if y is None else r + y)
             routed.append(topk_idx)
         cache.advance(new_mask)
-        return _rms(h, self.final_norm)[:, None], self._expert_load(routed, new_mask[:, 0])
+        return _rms(h, self.final_norm, self.kernels)[:, None], self._expert_load(routed, new_mask[:, 0])
 
     def _expert_load(self, routed: list[torch.Tensor], real: torch.Tensor) -> torch.Tensor | None:
         """``[n_moe_layers, E]`` counts of real tokens per expert (MTP rows zero), in one scatter."""
@@ -312,17 +330,17 @@ class FastDecoder:
 
     def _attention(self, L: _Layer, x: torch.Tensor, rot: torch.Tensor, attn_bias: torch.Tensor, cache) -> torch.Tensor:
         B, H, dn, c = x.shape[0], self.n_heads, self.d_nope, self.kv_lora_rank
-        qkv = _proj(x, L.in_t, L.in_bias)  # [B, nq + c + dr]
+        qkv = L.in_proj(x)  # [B, nq + c + dr]
         q, kv = qkv[:, : L.nq], qkv[:, L.nq:]  # kv: [c^KV (not normed) ; k (not rotated)]
-        if L.q_b_t is not None:
-            q = _rms(q, L.q_a_norm) @ L.q_b_t
+        if L.q_b is not None:
+            q = L.q_b(_rms(q, L.q_a_norm, self.kernels))
         q = q.reshape(B, H, dn + self.d_rope)
         k_rope = torch.bmm(kv[:, None, c:], rot)  # k^R = RoPE(k), [B, 1, dr]
-        cache.write(L.index, _rms(kv[:, None, :c], L.kv_norm), k_rope)
+        cache.write(L.index, _rms(kv[:, :c], L.kv_norm, self.kernels)[:, None], k_rope)
         if L.c_kernel and cache.kv[L.index].is_contiguous():
             o = cpu_kernels.mla_attention(q, rot, L.w_uk, L.w_uv_t, cache.kv[L.index], cache.length + 1, attn_bias,
                                           L.scale)
-            return _proj(o, L.o_t, L.o_bias)
+            return L.o_proj(o)
         keys = cache.kv[L.index][:, : cache.length + 1]  # [B, S, c + dr]: [c^KV ; k^R]
         q_lat = torch.bmm(q[..., :dn].transpose(0, 1), L.w_uk).transpose(0, 1)  # q^C W^UK, [B, H, c]
         q = torch.cat([q_lat, torch.bmm(q[..., dn:], rot)], dim=-1)  # [B, H, c + dr]
@@ -331,7 +349,7 @@ class FastDecoder:
         scores = torch.baddbmm(attn_bias, q, keys.transpose(1, 2), alpha=L.scale)  # [B, H, S]
         o_lat = torch.bmm(scores.float().softmax(-1).to(keys.dtype), keys[..., :c])  # [B, H, c]
         o = torch.bmm(o_lat.transpose(0, 1), L.w_uv_t).transpose(0, 1).reshape(B, H * self.d_v)
-        return _proj(o, L.o_t, L.o_bias)
+        return L.o_proj(o)
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """Output head: ``h [B, 1, D]`` -> logits ``[B, 1, V]`` float32."""

@@ -17,7 +17,10 @@
           q^C_h W^UK_h -> scores over [c^KV ; k^R] -> softmax -> sum_s p_hs c^KV_s -> (.) W^UV_h
       in one call per layer: the two per-head products run one task per head over all rows (the
       head's weight shared by them), the rest one task per row, where the heads are the vector
-      lanes of the score loop (16 per AVX-512 register), so each cached key is read once per row. */
+      lanes of the score loop (16 per AVX-512 register), so each cached key is read once per row.
+
+   3. nanoseek_rms_norm: the decode step's RMSNorms, one call each instead of the five kernels of
+      torch's composite rms_norm (5 vs 14 us for [16, 512]). */
 
 #include <math.h>
 #include <stdint.h>
@@ -309,4 +312,24 @@ int nanoseek_mla_attention(const float *q, const float *rot, const float *w_uk, 
     }
     free(qa), free(ol);
     return rc;
+}
+
+/* ------------------------------------------------------------------------------------------------
+   3. RMSNorm of the decode step. */
+
+/* y[m] = x[m] / sqrt(mean(x[m]^2) + eps) * w for M rows of D (x rows ldx apart, y contiguous), as
+   RMSNorm in float32 (Zhang & Sennrich 2019). One thread: the rows are few and short. */
+int nanoseek_rms_norm(const float *x, int64_t ldx, int64_t M, int64_t D, const float *w, float eps, float *y) {
+    if (M <= 0 || D <= 0) return -1;
+    for (int64_t m = 0; m < M; m++) {
+        const float *xm = x + m * ldx;
+        float *ym = y + m * D;
+        float ss = 0.0f;
+#pragma omp simd reduction(+ : ss)
+        for (int64_t d = 0; d < D; d++) ss += xm[d] * xm[d];
+        const float r = 1.0f / sqrtf(ss / (float)D + eps);
+#pragma omp simd
+        for (int64_t d = 0; d < D; d++) ym[d] = xm[d] * r * w[d];
+    }
+    return 0;
 }
