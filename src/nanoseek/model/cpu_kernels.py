@@ -5,7 +5,8 @@ The kernels (``csrc/decode_kernels.c`` says how each works and why it is faster 
 * ``routed_experts``: the routed part of a DeepSeekMoE layer (DeepSeek-V3 report, eq. 12). At a
   decode step it is bound by reading the hit experts' weights; the kernel streams them with
   prefetch in one OpenMP region instead of a sort, two ``grouped_mm`` calls and a scatter issued
-  from Python. ``MoE.routed`` uses it for every float32 CPU call without gradient.
+  from Python. ``MoE.routed`` uses it for float32 CPU calls without gradient and with few tokens
+  per expert (decode steps, small prefills).
 * ``mla_attention``: absorbed MLA (DeepSeek-V2 sec. 2.1.3) for one new token per row over the
   latent cache, from the query to the heads' outputs, in one call per layer instead of about a
   dozen torch kernels. ``FastDecoder`` uses it.
@@ -38,6 +39,7 @@ import torch
 
 _SOURCE = Path(__file__).with_name("csrc") / "decode_kernels.c"
 _FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
+ROWS_PER_EXPERT = 64  # see routed_experts_ok
 _ERRORS = {-1: "a shape it does not take", -2: "an expert index outside [0, n_routed_experts)", -3: "out of memory"}
 
 
@@ -104,12 +106,16 @@ def library() -> ctypes.CDLL | None:
 def routed_experts_ok(x: torch.Tensor, topk_idx: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor,
                       act) -> bool:
     """Whether ``routed_experts`` applies: CPU float32 tensors, no gradient wanted, SiLU experts,
-    ``hidden_size`` and the expert width multiples of 16, and the library built. Measured against
-    ``grouped_mm`` on 64 experts of [512, 128] (2 cores), the kernel was faster from 1 token
-    (0.11 vs 0.33 ms per layer) to 2,048 (39 vs 44 ms), so no token count is excluded."""
-    D, two_i = w_gate_up.shape[1:]
+    ``hidden_size`` and the expert width multiples of 16, at most ``ROWS_PER_EXPERT`` (token,
+    expert) pairs per expert on average, and the library built.
+
+    The row limit: against ``grouped_mm`` on the benchmark's layer (hidden 512, width 128, top-6,
+    2 cores), the kernel took 0.7-0.9x its time from 12 to 96 rows per expert and 1.1-1.9x from 384
+    (MKL's GEMMs win once each expert has many rows); a decode step has about 1.5."""
+    E, D, two_i = w_gate_up.shape
     return (x.device.type == "cpu" and x.dtype == w_gate_up.dtype == w_down.dtype == torch.float32
             and act is torch.nn.functional.silu and D % 16 == 0 and two_i % 32 == 0
+            and topk_idx.numel() <= ROWS_PER_EXPERT * E
             and not (torch.is_grad_enabled() and (x.requires_grad or w_gate_up.requires_grad or w_down.requires_grad))
             and library() is not None)
 

@@ -62,11 +62,67 @@ static const rowvec_fn ROWVEC[17] = {0, rowvec_1, rowvec_2, rowvec_3, rowvec_4, 
                                      rowvec_7, rowvec_8, rowvec_9, rowvec_10, rowvec_11, rowvec_12,
                                      rowvec_13, rowvec_14, rowvec_15, rowvec_16};
 
-/* y[r] = x[rows[r]] @ W[:, c0 : c0 + width] for the n rows of one expert; width <= CHUNK, % 16 == 0 */
-static void rows_times(const float *x, const int64_t *rows, int64_t n, int64_t K, const float *W, int64_t ld,
-                       int64_t c0, int64_t width, float *y, int64_t y_ld) {
-    const rowvec_fn f = ROWVEC[width / VEC];
-    for (int64_t r = 0; r < n; r++) f(x + rows[r] * K, K, W + c0, ld, y + r * y_ld + c0);
+/* y[r, 0:16NV] = x[r, 0:K] @ W[0:K, 0:16NV] for R rows (x rows ldx apart, y rows ldy apart): each row
+   of W is loaded once for the R rows. With pf > 0, W's row k + pf is prefetched while row k is read. */
+#define DEFINE_ROWS(R, NV)                                                                             \
+    static void rows_##R##_##NV(const float *x, int64_t ldx, int64_t K, const float *W, int64_t ldw, \
+                                float *y, int64_t ldy, int64_t pf) {                                 \
+        v16 acc[R][NV];                                                                              \
+        for (int r = 0; r < R; r++)                                                                  \
+            for (int v = 0; v < NV; v++) acc[r][v] = (v16){0};                                       \
+        for (int64_t k = 0; k < K; k++) {                                                            \
+            if (pf)                                                                                  \
+                for (int v = 0; v < NV; v++) __builtin_prefetch(W + (k + pf) * ldw + VEC * v);       \
+            v16 b[NV];                                                                               \
+            for (int v = 0; v < NV; v++) b[v] = load(W + k * ldw + VEC * v);                         \
+            for (int r = 0; r < R; r++) {                                                            \
+                const float s = x[r * ldx + k];                                                      \
+                for (int v = 0; v < NV; v++) acc[r][v] += s * b[v];                                  \
+            }                                                                                        \
+        }                                                                                            \
+        for (int r = 0; r < R; r++)                                                                  \
+            for (int v = 0; v < NV; v++) store(y + r * ldy + VEC * v, acc[r][v]);                    \
+    }
+#define DEFINE_ROWS_NV(NV) DEFINE_ROWS(1, NV) DEFINE_ROWS(2, NV) DEFINE_ROWS(3, NV) DEFINE_ROWS(4, NV)
+DEFINE_ROWS_NV(1) DEFINE_ROWS_NV(2) DEFINE_ROWS_NV(3) DEFINE_ROWS_NV(4)
+DEFINE_ROWS_NV(5) DEFINE_ROWS_NV(6) DEFINE_ROWS_NV(7) DEFINE_ROWS_NV(8)
+
+typedef void (*rows_fn)(const float *, int64_t, int64_t, const float *, int64_t, float *, int64_t, int64_t);
+#define ROW_FNS(NV) {rows_1_##NV, rows_2_##NV, rows_3_##NV, rows_4_##NV}
+static const rows_fn ROWS[8][4] = {ROW_FNS(1), ROW_FNS(2), ROW_FNS(3), ROW_FNS(4),
+                                   ROW_FNS(5), ROW_FNS(6), ROW_FNS(7), ROW_FNS(8)};
+
+/* y[M, N] = x[M, K] @ W[K, N] (row strides ldx, ldw, ldy); N % 16 == 0. Small M: register blocks of
+   up to 4 rows x 8 vectors, rows of W shared by the rows of a block. */
+static void gemm_small(const float *x, int64_t ldx, int64_t M, int64_t K, const float *W, int64_t ldw,
+                       int64_t N, float *y, int64_t ldy) {
+    for (int64_t c0 = 0; c0 < N; c0 += 8 * VEC) {
+        const int nv = (int)((N - c0) / VEC < 8 ? (N - c0) / VEC : 8);
+        const int rmax = 24 / nv < 4 ? 24 / nv : 4;
+        for (int64_t r0 = 0; r0 < M; r0 += rmax) {
+            const int nr = (int)(M - r0 < rmax ? M - r0 : rmax);
+            ROWS[nv - 1][nr - 1](x + r0 * ldx, ldx, K, W + c0, ldw, y + r0 * ldy + c0, ldy, 0);
+        }
+    }
+}
+
+/* y[r, c0 : c0 + width] = x[r] @ W[:, c0 : c0 + width] for the n rows of one expert (x rows K apart, y
+   rows y_ld apart); width <= CHUNK, % 16 == 0. One row streams W with 16 accumulators; more rows go
+   in blocks of 3 x 128 columns, so each row of W is loaded once per block (the first block streams W
+   from memory with prefetch, the later ones find it in L2). */
+static void expert_rows(const float *x, int64_t n, int64_t K, const float *W, int64_t ld, int64_t c0,
+                        int64_t width, float *y, int64_t y_ld) {
+    if (n == 1) {
+        ROWVEC[width / VEC](x, K, W + c0, ld, y + c0);
+        return;
+    }
+    for (int64_t s0 = c0; s0 < c0 + width; s0 += 8 * VEC) {
+        const int nv = (int)((c0 + width - s0) / VEC < 8 ? (c0 + width - s0) / VEC : 8);
+        for (int64_t r0 = 0; r0 < n; r0 += 3) {
+            const int nr = (int)(n - r0 < 3 ? n - r0 : 3);
+            ROWS[nv - 1][nr - 1](x + r0 * K, K, K, W + s0, ld, y + r0 * y_ld + s0, y_ld, r0 == 0 ? PREFETCH_ROWS : 0);
+        }
+    }
 }
 
 static inline float silu(float v) { return v / (1.0f + expf(-v)); }
@@ -83,9 +139,10 @@ int nanoseek_routed_experts(const float *x, const int64_t *idx, const float *w, 
         if (idx[a] < 0 || idx[a] >= E) return -2;
     int64_t *start = calloc(E + 1, sizeof *start), *fill = calloc(E, sizeof *fill);
     int64_t *row = malloc(A * sizeof *row), *slot_of = malloc(A * sizeof *slot_of);
-    float *h = malloc(A * 2 * I * sizeof *h), *g = malloc(A * I * sizeof *g), *y = malloc(A * D * sizeof *y);
+    float *xs = malloc(A * D * sizeof *xs), *h = malloc(A * 2 * I * sizeof *h), *g = malloc(A * I * sizeof *g);
+    float *y = malloc(A * D * sizeof *y);
     int rc = 0;
-    if (!start || !fill || !row || !slot_of || !h || !g || !y) {
+    if (!start || !fill || !row || !slot_of || !xs || !h || !g || !y) {
         rc = -3;
         goto done;
     }
@@ -100,12 +157,15 @@ int nanoseek_routed_experts(const float *x, const int64_t *idx, const float *w, 
     const int64_t n_gu = (2 * I + CHUNK - 1) / CHUNK, n_d = (D + CHUNK - 1) / CHUNK;
 #pragma omp parallel num_threads(threads)
     {
+        /* 0. the token rows in sorted order */
+#pragma omp for schedule(static)
+        for (int64_t p = 0; p < A; p++) memcpy(xs + p * D, x + row[p] * D, D * sizeof *xs);
         /* 1. h = x W_gate_up for every assignment, one task per (expert, column chunk) */
 #pragma omp for schedule(dynamic, 1)
         for (int64_t t = 0; t < E * n_gu; t++) {
             const int64_t e = t / n_gu, c0 = (t % n_gu) * CHUNK, p0 = start[e], n = start[e + 1] - p0;
             const int64_t width = 2 * I - c0 < CHUNK ? 2 * I - c0 : CHUNK;
-            if (n) rows_times(x, row + p0, n, D, w_gate_up + e * D * 2 * I, 2 * I, c0, width, h + p0 * 2 * I, 2 * I);
+            if (n) expert_rows(xs + p0 * D, n, D, w_gate_up + e * D * 2 * I, 2 * I, c0, width, h + p0 * 2 * I, 2 * I);
         }
         /* 2. g = silu(gate) * up */
 #pragma omp for schedule(static)
@@ -116,8 +176,7 @@ int nanoseek_routed_experts(const float *x, const int64_t *idx, const float *w, 
         for (int64_t t = 0; t < E * n_d; t++) {
             const int64_t e = t / n_d, c0 = (t % n_d) * CHUNK, p0 = start[e], n = start[e + 1] - p0;
             const int64_t width = D - c0 < CHUNK ? D - c0 : CHUNK;
-            for (int64_t r = 0; r < n; r++)
-                ROWVEC[width / VEC](g + (p0 + r) * I, I, w_down + e * I * D + c0, D, y + (p0 + r) * D + c0);
+            if (n) expert_rows(g + p0 * I, n, I, w_down + e * I * D, D, c0, width, y + p0 * D, D);
         }
         /* 4. out[n] = sum_k w[n,k] y[slot of (n,k)], slots in order k = 0 .. K-1 */
 #pragma omp for schedule(static)
@@ -132,7 +191,7 @@ int nanoseek_routed_experts(const float *x, const int64_t *idx, const float *w, 
         }
     }
 done:
-    free(start), free(fill), free(row), free(slot_of), free(h), free(g), free(y);
+    free(start), free(fill), free(row), free(slot_of), free(xs), free(h), free(g), free(y);
     return rc;
 }
 
@@ -165,47 +224,6 @@ static inline v16 vexp(v16 x) {
     y = y * x * x + x + splat(1.0f);
     y = y * (v16)((n + 127) << 23);
     return (v16)((vi16)y & ~under);
-}
-
-/* y[r, 0:16NV] = x[r, 0:K] @ W[0:K, 0:16NV] for R rows (x rows ldx apart, y rows ldy apart). */
-#define DEFINE_ROWS(R, NV)                                                                             \
-    static void rows_##R##_##NV(const float *x, int64_t ldx, int64_t K, const float *W, int64_t ldw, \
-                                float *y, int64_t ldy) {                                             \
-        v16 acc[R][NV];                                                                              \
-        for (int r = 0; r < R; r++)                                                                  \
-            for (int v = 0; v < NV; v++) acc[r][v] = (v16){0};                                       \
-        for (int64_t k = 0; k < K; k++) {                                                            \
-            v16 b[NV];                                                                               \
-            for (int v = 0; v < NV; v++) b[v] = load(W + k * ldw + VEC * v);                         \
-            for (int r = 0; r < R; r++) {                                                            \
-                const float s = x[r * ldx + k];                                                      \
-                for (int v = 0; v < NV; v++) acc[r][v] += s * b[v];                                  \
-            }                                                                                        \
-        }                                                                                            \
-        for (int r = 0; r < R; r++)                                                                  \
-            for (int v = 0; v < NV; v++) store(y + r * ldy + VEC * v, acc[r][v]);                    \
-    }
-#define DEFINE_ROWS_NV(NV) DEFINE_ROWS(1, NV) DEFINE_ROWS(2, NV) DEFINE_ROWS(3, NV) DEFINE_ROWS(4, NV)
-DEFINE_ROWS_NV(1) DEFINE_ROWS_NV(2) DEFINE_ROWS_NV(3) DEFINE_ROWS_NV(4)
-DEFINE_ROWS_NV(5) DEFINE_ROWS_NV(6) DEFINE_ROWS_NV(7) DEFINE_ROWS_NV(8)
-
-typedef void (*rows_fn)(const float *, int64_t, int64_t, const float *, int64_t, float *, int64_t);
-#define ROW_FNS(NV) {rows_1_##NV, rows_2_##NV, rows_3_##NV, rows_4_##NV}
-static const rows_fn ROWS[8][4] = {ROW_FNS(1), ROW_FNS(2), ROW_FNS(3), ROW_FNS(4),
-                                   ROW_FNS(5), ROW_FNS(6), ROW_FNS(7), ROW_FNS(8)};
-
-/* y[M, N] = x[M, K] @ W[K, N] (row strides ldx, ldw, ldy); N % 16 == 0. Small M: register blocks of
-   up to 4 rows x 8 vectors, rows of W shared by the rows of a block. */
-static void gemm_small(const float *x, int64_t ldx, int64_t M, int64_t K, const float *W, int64_t ldw,
-                       int64_t N, float *y, int64_t ldy) {
-    for (int64_t c0 = 0; c0 < N; c0 += 8 * VEC) {
-        const int nv = (int)((N - c0) / VEC < 8 ? (N - c0) / VEC : 8);
-        const int rmax = 24 / nv < 4 ? 24 / nv : 4;
-        for (int64_t r0 = 0; r0 < M; r0 += rmax) {
-            const int nr = (int)(M - r0 < rmax ? M - r0 : rmax);
-            ROWS[nv - 1][nr - 1](x + r0 * ldx, ldx, K, W + c0, ldw, y + r0 * ldy + c0, ldy);
-        }
-    }
 }
 
 /* sc[s, 0:16NH] = keys[s, 0:Dk] . qT[0:Dk, 0:16NH] for s in [0, S): the heads are the vector lanes,
