@@ -19,7 +19,8 @@ The source is compiled once per source text, compiler flags and CPU into
 uses are safe. The kernel's OpenMP threads are torch's own where torch uses GNU OpenMP (the
 library's ``libgomp.so.1`` is the one torch already loaded), and it runs on
 ``torch.get_num_threads()`` of them. With no compiler, a failed build or ``NANOSEEK_CPU_KERNELS=0``,
-``routed_experts`` returns None and callers keep their torch path (one warning says why).
+``library()`` is None (one warning says why), the ``*_ok`` checks say no, and callers keep their
+torch path.
 """
 
 from __future__ import annotations
