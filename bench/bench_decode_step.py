@@ -12,11 +12,14 @@ log-prob math of ``nanoseek.generation``. The sum is the step; "other" is what t
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from collections import defaultdict
 
 import torch
+from bench_generate import CONFIG, bench_model
+
+from nanoseek.model import cpu_kernels
+from nanoseek.model.decode import _rms, rope_matrix
 
 
 def main() -> None:
@@ -27,16 +30,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--no-kernels", action="store_true", help="NANOSEEK_CPU_KERNELS=0: the torch-only path")
     args = ap.parse_args()
-    if args.no_kernels:
-        os.environ["NANOSEEK_CPU_KERNELS"] = "0"
-    from bench_generate import CONFIG
-
-    from nanoseek.model import DeepseekV3ForCausalLM, ModelConfig, cpu_kernels
-    from nanoseek.model.decode import _rms, rope_matrix
-
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    model = DeepseekV3ForCausalLM(ModelConfig(**CONFIG)).eval()
+    model = bench_model(args.threads, args.no_kernels)
     B, P = args.batch, args.prompt
     spent: dict[str, float] = defaultdict(float)
 

@@ -68,6 +68,20 @@ def weight_bytes_per_step(model: DeepseekV3ForCausalLM, batch: int) -> tuple[flo
     return dense + len(model.moe_layers()) * hit * expert, hit
 
 
+def bench_model(threads: int, no_kernels: bool = False) -> DeepseekV3ForCausalLM:
+    """The benchmark model (``CONFIG``, seed 0, a small non-zero balancing bias as in a trained model)
+    on ``threads`` torch threads; ``no_kernels`` turns nanoseek's C decode kernels off first."""
+    if no_kernels:
+        os.environ["NANOSEEK_CPU_KERNELS"] = "0"
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = DeepseekV3ForCausalLM(ModelConfig(**CONFIG)).eval()
+    with torch.no_grad():
+        for moe in model.moe_layers():
+            moe.gate.e_score_correction_bias.normal_(0, 0.01)
+    return model
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=2)
@@ -81,14 +95,7 @@ def main() -> None:
     ap.add_argument("--no-kernels", action="store_true",
                     help="nanoseek without its C decode kernels (NANOSEEK_CPU_KERNELS=0): the torch-only path")
     args = ap.parse_args()
-    if args.no_kernels:
-        os.environ["NANOSEEK_CPU_KERNELS"] = "0"
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    model = DeepseekV3ForCausalLM(ModelConfig(**CONFIG)).eval()
-    with torch.no_grad():  # a non-trivial balancing bias, as in a trained model
-        for moe in model.moe_layers():
-            moe.gate.e_score_correction_bias.normal_(0, 0.01)
+    model = bench_model(args.threads, args.no_kernels)
     kernels = "on" if cpu_kernels.library() is not None else "off"
     print(f"model: {model.num_parameters() / 1e6:.1f}M parameters, float32, {args.threads} threads; "
           f"nanoseek's C decode kernels {kernels}")
