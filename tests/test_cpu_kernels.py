@@ -237,3 +237,90 @@ def test_rms_norm_kernel_equals_module():
         for rows in (x[:, :144].contiguous(), x[:, 100:244]):  # the second: rows 400 floats apart
             torch.testing.assert_close(cpu_kernels.rms_norm(rows, norm.weight, norm.eps), norm(rows),
                                        atol=1e-6, rtol=1e-6)
+
+
+def test_routed_experts_rejects_mismatched_shapes():
+    moe = make_moe()
+    idx, w, x = routing(moe, 6)
+    ex = moe.experts
+    with torch.no_grad():
+        for bad_x, bad_w in ((x[:2], w), (x[:, :32], w), (x, w[:, :1])):
+            with pytest.raises(ValueError, match="shapes do not match"):
+                cpu_kernels.routed_experts(bad_x, idx, bad_w, ex.w_gate_up, ex.w_down)
+
+
+def test_reference_adds_an_expert_picked_twice():
+    """routed_reference (and routed) give both terms to a token that picks one expert twice."""
+    moe = make_moe()
+    x = torch.randn(2, 64, generator=torch.Generator().manual_seed(0))
+    idx, w = torch.tensor([[3, 3], [1, 3]]), torch.tensor([[0.5, 0.25], [0.6, 0.4]])
+    with torch.no_grad():
+        f = lambda e, row: moe.experts.expert(e, x[row: row + 1])[0]  # noqa: E731
+        want = torch.stack([0.75 * f(3, 0), 0.6 * f(1, 1) + 0.4 * f(3, 1)])
+        torch.testing.assert_close(moe.routed_reference(x, idx, w), want, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(moe.routed(x, idx, w), want, atol=1e-6, rtol=1e-5)
+
+
+def test_attention_kernel_takes_a_trimmed_cache(attention_calls):
+    """After MLACache.trim_left (the server's continuous batching) the cache rows are a strided view;
+    the kernel still runs on it and equals the module path."""
+    m = build(**KERNEL_ATTENTION["16_heads"])
+    ids, mask = padded_batch((6, 4, 3))
+    ids = torch.cat([torch.zeros(3, 3, dtype=torch.long), ids], 1)  # 3 more pad columns for every row
+    mask = torch.cat([torch.zeros(3, 3, dtype=torch.long), mask], 1)
+    tokens = decode_tokens(3, 4)
+    results = []
+    for fast in (True, False):
+        m.use_fast_decode = fast
+        with torch.no_grad():
+            cache = m(ids, attention_mask=mask, use_cache=True).past_key_values
+            cache.trim_left(3)
+            assert not cache.kv[0].is_contiguous()
+            full, steps = mask[:, 3:], []
+            for t in range(4):
+                full = torch.cat([full, torch.ones(3, 1, dtype=torch.long)], 1)
+                out = m(tokens[t][:, None], attention_mask=full, past_key_values=cache, use_cache=True)
+                cache = out.past_key_values
+                steps.append(out.logits[:, 0])
+        results.append(torch.stack(steps))
+    m.use_fast_decode = True
+    assert len(attention_calls) == 4 * m.config.num_hidden_layers
+    torch.testing.assert_close(results[0], results[1], atol=1e-5, rtol=0)
+
+
+def test_autocast_bfloat16_keeps_the_torch_attention(attention_calls):
+    """Under CPU autocast the decode step's query is bfloat16: the kernel must not read it as float32."""
+    m = build(**KERNEL_ATTENTION["16_heads"])
+    ids, mask = padded_batch()
+    tokens = decode_tokens(3, 3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fast = run(m, True, ids, mask, tokens)
+        slow = run(m, False, ids, mask, tokens)
+    assert attention_calls == []
+    for (lf, _), (ls, _) in zip(fast, slow):
+        assert torch.isfinite(lf).all()
+        assert (lf - ls).abs().max() < 0.05 * ls.abs().max()
+
+
+@pytest.mark.parametrize("value", ["false", "OFF", "no"])
+def test_off_by_environment_words(fresh_library, monkeypatch, value):
+    monkeypatch.setenv("NANOSEEK_CPU_KERNELS", value)
+    assert cpu_kernels.library() is None
+
+
+def test_compiler_with_arguments_and_damaged_library(fresh_library, monkeypatch):
+    """``$CC`` may carry arguments; a damaged cached library is rebuilt; the library is readable by all."""
+    import os
+    import shutil
+    import stat
+
+    cc = shutil.which("cc") or shutil.which("gcc")
+    monkeypatch.setenv("CC", f"{cc} -g0")
+    path = cpu_kernels.library_path([cc, "-g0"])
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"not a library")  # e.g. a copy cut short (never overwrite a loaded one: SIGBUS)
+    assert cpu_kernels.library() is not None
+    assert list((fresh_library / "kernels").glob("*/decode_kernels.so")) == [path] and path.stat().st_size > 1000
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o755 & ~umask

@@ -18,7 +18,8 @@ The source is compiled once per source text, compiler flags and CPU into
 ``cc``) and ``-O3 -march=native -fopenmp``; the library is written atomically, so concurrent first
 uses are safe. The kernel's OpenMP threads are torch's own where torch uses GNU OpenMP (the
 library's ``libgomp.so.1`` is the one torch already loaded), and it runs on
-``torch.get_num_threads()`` of them. With no compiler, a failed build or ``NANOSEEK_CPU_KERNELS=0``,
+``torch.get_num_threads()`` of them. With no compiler, a failed build or ``NANOSEEK_CPU_KERNELS=0``
+(or ``false``, ``no``, ``off``),
 ``library()`` is None (one warning says why), the ``*_ok`` checks say no, and callers keep their
 torch path.
 """
@@ -30,6 +31,7 @@ import functools
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -41,6 +43,7 @@ import torch
 _SOURCE = Path(__file__).with_name("csrc") / "decode_kernels.c"
 _FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
 ROWS_PER_EXPERT = 64  # see routed_experts_ok
+_OFF = {"0", "false", "no", "off"}  # NANOSEEK_CPU_KERNELS values that turn the kernels off
 _ERRORS = {-1: "a shape it does not take", -2: "an expert index outside [0, n_routed_experts)", -3: "out of memory"}
 
 
@@ -53,41 +56,56 @@ def _cpu_identity() -> str:
         return platform.platform() + platform.processor()
 
 
-def _build(cc: str, out: Path) -> None:
-    """Compile ``_SOURCE`` into ``out`` through a temporary file (atomic rename). Raises
-    ``RuntimeError`` with the compiler's message on failure."""
+def _build(cc: list[str], out: Path) -> None:
+    """Compile ``_SOURCE`` into ``out`` with the command ``cc`` (program and its own arguments, as
+    ``$CC`` may hold them) through a temporary file (atomic rename), readable by all like any
+    other library. Raises ``RuntimeError`` with the compiler's message on failure."""
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".build-", suffix=".so", dir=out.parent)
     os.close(fd)
     try:
-        done = subprocess.run([cc, *_FLAGS, str(_SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True,
+        done = subprocess.run([*cc, *_FLAGS, str(_SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True,
                               timeout=120)
         if done.returncode != 0:
-            raise RuntimeError(f"{cc} failed: {done.stderr.strip()[-2000:]}")
+            raise RuntimeError(f"{' '.join(cc)} failed: {done.stderr.strip()[-2000:]}")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o755 & ~umask)
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
 
 
+def library_path(cc: list[str]) -> Path:
+    """Where the library built by the compiler command ``cc`` lives:
+    ``cache_dir()/kernels/<hash of source, compiler, flags and CPU>/decode_kernels.so``."""
+    from nanoseek.paths import cache_dir
+
+    key = hashlib.sha256("\0".join([_SOURCE.read_text(), *cc, *_FLAGS, _cpu_identity()]).encode()).hexdigest()[:16]
+    return cache_dir() / "kernels" / key / "decode_kernels.so"
+
+
 @functools.cache
 def library() -> ctypes.CDLL | None:
     """The compiled kernel library, built on first call; None (with one warning) when it cannot be
-    built or loaded, or when ``NANOSEEK_CPU_KERNELS=0``."""
-    if os.environ.get("NANOSEEK_CPU_KERNELS", "1") == "0":
+    built or loaded, or when ``NANOSEEK_CPU_KERNELS`` is 0, false, no or off. A cached library that
+    fails to load is rebuilt once."""
+    if os.environ.get("NANOSEEK_CPU_KERNELS", "1").strip().lower() in _OFF:
         return None
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    cc = shlex.split(os.environ.get("CC", "")) or [c for c in (shutil.which("cc") or shutil.which("gcc"),) if c]
     if not cc:
         warnings.warn("nanoseek: no C compiler (cc or $CC) found; the CPU decode kernels are off", stacklevel=2)
         return None
-    from nanoseek.paths import cache_dir
-
-    key = hashlib.sha256("\0".join([_SOURCE.read_text(), cc, *_FLAGS, _cpu_identity()]).encode()).hexdigest()[:16]
-    path = cache_dir() / "kernels" / key / "decode_kernels.so"
+    path = library_path(cc)
     try:
         if not path.exists():
             _build(cc, path)
-        lib = ctypes.CDLL(str(path))
+        try:
+            lib = ctypes.CDLL(str(path))
+        except OSError:  # a damaged cached library (e.g. a truncated copy): build it again, once
+            _build(cc, path)
+            lib = ctypes.CDLL(str(path))
     except (OSError, RuntimeError, subprocess.SubprocessError) as e:
         warnings.warn(f"nanoseek: the CPU decode kernels are off ({e})", stacklevel=2)
         return None
@@ -127,11 +145,15 @@ def routed_experts(x: torch.Tensor, topk_idx: torch.Tensor, topk_w: torch.Tensor
 
     ``x [N, D]`` float32, ``topk_idx [N, K]`` int64, ``topk_w [N, K]``, ``w_gate_up [E, D, 2I]``
     (gate then up columns), ``w_down [E, I, D]`` -> ``[N, D]``. Call only where ``routed_experts_ok``
-    holds. Raises ``ValueError`` for an expert index outside ``[0, E)``, ``RuntimeError`` if the
-    kernel rejects the shapes or runs out of memory.
+    holds. Raises ``ValueError`` for shapes that do not match or an expert index outside ``[0, E)``,
+    ``RuntimeError`` if the kernel rejects the shapes or runs out of memory.
     """
     N, K = topk_idx.shape
     E, D, two_i = w_gate_up.shape
+    if x.shape != (N, D) or topk_w.shape != (N, K) or w_down.shape != (E, two_i // 2, D):
+        raise ValueError(f"routed_experts: shapes do not match: x {tuple(x.shape)}, topk_idx {tuple(topk_idx.shape)}, "
+                         f"topk_w {tuple(topk_w.shape)}, w_gate_up {tuple(w_gate_up.shape)}, "
+                         f"w_down {tuple(w_down.shape)} (want x [N, D], topk_w [N, K], w_down [E, I, D])")
     x = x.contiguous()
     idx = topk_idx.to(torch.int64).contiguous()
     w = topk_w.to(torch.float32).contiguous()
@@ -150,10 +172,17 @@ def mla_attention_ok(n_heads: int, kv_lora_rank: int, rope_dim: int, v_head_dim:
                      device: torch.device) -> bool:
     """Whether ``mla_attention`` applies to a layer: CPU float32, 16, 32, 64 or 128 heads (they are
     the vector lanes of the score loop), ``kv_lora_rank``, ``qk_rope_head_dim`` and ``v_head_dim``
-    multiples of 16, and the library built. The cache buffer must also be contiguous (the caller
-    checks it per call)."""
+    multiples of 16, and the library built. Each step must also pass ``mla_attention_takes``."""
     return (torch.device(device).type == "cpu" and dtype == torch.float32 and n_heads in (16, 32, 64, 128)
             and kv_lora_rank % 16 == 0 and rope_dim % 16 == 0 and v_head_dim % 16 == 0 and library() is not None)
+
+
+def mla_attention_takes(q: torch.Tensor, kv: torch.Tensor, c: int) -> bool:
+    """Whether one step's query ``q [B, H, dn + dr]`` and cache buffer ``kv [B, capacity, c + dr]``
+    can go to ``mla_attention``: both float32 on the CPU (not, e.g., bfloat16 under autocast) and
+    each batch row of ``kv`` a contiguous ``[capacity, c + dr]`` block (any stride between rows)."""
+    return (q.dtype == kv.dtype == torch.float32 and q.device.type == kv.device.type == "cpu"
+            and kv.dim() == 3 and kv.stride(2) == 1 and kv.stride(1) == kv.shape[2] and kv.shape[2] > c)
 
 
 def mla_attention(q: torch.Tensor, rot: torch.Tensor, w_uk: torch.Tensor, w_uv_t: torch.Tensor, kv: torch.Tensor,
@@ -173,11 +202,22 @@ def mla_attention(q: torch.Tensor, rot: torch.Tensor, w_uk: torch.Tensor, w_uv_t
     """
     B, H, dq = q.shape
     c, dv = w_uk.shape[2], w_uv_t.shape[2]
+    dr = rot.shape[-1]
+    if not mla_attention_takes(q, kv, c):
+        raise ValueError(f"mla_attention: q {tuple(q.shape)} {q.dtype} and kv {tuple(kv.shape)} {kv.dtype} "
+                         "must be float32 CPU tensors, kv's rows of c + d_rope numbers contiguous")
+    if (rot.shape != (B, dr, dr) or w_uk.shape != (H, dq - dr, c) or w_uv_t.shape[:2] != (H, c)
+            or kv.shape[0] != B or kv.shape[2] != c + dr or length > kv.shape[1] or bias.numel() != B * length
+            or {rot.dtype, w_uk.dtype, w_uv_t.dtype, bias.dtype} != {torch.float32}):
+        raise ValueError(f"mla_attention: shapes or dtypes do not match: q {tuple(q.shape)}, rot {tuple(rot.shape)}, "
+                         f"w_uk {tuple(w_uk.shape)}, w_uv_t {tuple(w_uv_t.shape)}, kv {tuple(kv.shape)}, "
+                         f"length {length}, bias {tuple(bias.shape)}")
     q, rot, bias = q.contiguous(), rot.contiguous(), bias.reshape(B, length).contiguous()
+    w_uk, w_uv_t = w_uk.contiguous(), w_uv_t.contiguous()
     out = torch.empty(B, H * dv, dtype=torch.float32)
     rc = library().nanoseek_mla_attention(
         q.data_ptr(), rot.data_ptr(), w_uk.data_ptr(), w_uv_t.data_ptr(), kv.data_ptr(), kv.stride(0),
-        bias.data_ptr(), B, H, dq - rot.shape[-1], rot.shape[-1], c, dv, length, scale, out.data_ptr(),
+        bias.data_ptr(), B, H, dq - dr, dr, c, dv, length, scale, out.data_ptr(),
         torch.get_num_threads())
     if rc != 0:
         raise RuntimeError(f"mla_attention: the kernel failed ({_ERRORS.get(rc, rc)})")

@@ -337,7 +337,7 @@ class FastDecoder:
         q = q.reshape(B, H, dn + self.d_rope)
         k_rope = torch.bmm(kv[:, None, c:], rot)  # k^R = RoPE(k), [B, 1, dr]
         cache.write(L.index, _rms(kv[:, :c], L.kv_norm, self.kernels)[:, None], k_rope)
-        if L.c_kernel and cache.kv[L.index].is_contiguous():
+        if L.c_kernel and cpu_kernels.mla_attention_takes(q, cache.kv[L.index], c):
             o = cpu_kernels.mla_attention(q, rot, L.w_uk, L.w_uv_t, cache.kv[L.index], cache.length + 1, attn_bias,
                                           L.scale)
             return L.o_proj(o)

@@ -267,8 +267,8 @@ class MoE(nn.Module):
         out = torch.zeros_like(x)
         for e in range(self.n_experts):
             tok, slot = (topk_idx == e).nonzero(as_tuple=True)
-            if tok.numel():
-                out[tok] += self.experts.expert(e, x[tok]) * topk_w[tok, slot, None].to(x.dtype)
+            if tok.numel():  # index_add_: a token that picks e twice gets both terms
+                out.index_add_(0, tok, self.experts.expert(e, x[tok]) * topk_w[tok, slot, None].to(x.dtype))
         return out
 
     @torch.no_grad()
