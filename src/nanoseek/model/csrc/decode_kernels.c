@@ -7,9 +7,10 @@
           out[n] = sum_k w[n,k] * FFN_{idx[n,k]}(x[n]),  FFN_e(x) = (silu(x Wg_e) * (x Wu_e)) Wd_e
       With ~1.5 tokens per expert (16 tokens, top-6 of 64), each expert's product is a few-row
       GEMM that reads its whole weight for almost no arithmetic, so the step is bound by memory
-      bandwidth. One call streams each hit expert's rows front to back (with software prefetch)
-      once per token row, the second and later rows of an expert reading it from L2, and covers the
-      whole layer in one OpenMP region of four loops: no sort, gather or scatter issued from Python.
+      bandwidth. One call streams each hit expert's weights front to back with software prefetch
+      (a lone row in one pass; several rows in register blocks of 3, the later blocks reading the
+      weights from L2) and covers the whole layer in one OpenMP region of five loops: no sort,
+      gather or scatter issued from Python.
 
    2. nanoseek_mla_attention: absorbed Multi-head Latent Attention for one new token per row over
       the latent cache (DeepSeek-V2 sec. 2.1.3, V3 sec. 2.1.1), from the query after q_b_proj to
