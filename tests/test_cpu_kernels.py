@@ -237,6 +237,8 @@ def test_rms_norm_kernel_equals_module():
         for rows in (x[:, :144].contiguous(), x[:, 100:244]):  # the second: rows 400 floats apart
             torch.testing.assert_close(cpu_kernels.rms_norm(rows, norm.weight, norm.eps), norm(rows),
                                        atol=1e-6, rtol=1e-6)
+        with pytest.raises(ValueError, match="rms_norm: x"):
+            cpu_kernels.rms_norm(x, norm.weight, norm.eps)  # 400 columns, 144 weights
 
 
 def test_routed_experts_rejects_mismatched_shapes():

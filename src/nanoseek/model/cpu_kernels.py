@@ -195,10 +195,11 @@ def mla_attention(q: torch.Tensor, rot: torch.Tensor, w_uk: torch.Tensor, w_uv_t
 
     ``q [B, H, dn + dr]`` (q^C ; q^R before RoPE), ``rot [B, dr, dr]`` (``rope_matrix``),
     ``w_uk [H, dn, c]``, ``w_uv_t [H, c, dv]``, ``kv [B, capacity, c + dr]`` the layer's cache
-    buffer whose first ``length`` positions are read (the new token's included), ``bias [B, 1,
-    length]`` additive (0 or -inf) -> ``[B, H * dv]``. Call only where ``mla_attention_ok`` holds
-    and ``kv`` is contiguous;
-    raises ``RuntimeError`` if the kernel rejects the shapes or runs out of memory.
+    buffer whose first ``length`` positions are read (the new token's included; its batch rows may
+    be any stride apart, as after ``MLACache.trim_left``), ``bias [B, 1, length]`` additive (0 or
+    -inf) -> ``[B, H * dv]``. Call where ``mla_attention_ok`` holds for the layer and
+    ``mla_attention_takes`` for the step. Raises ``ValueError`` for other dtypes or shapes,
+    ``RuntimeError`` if the kernel rejects the shapes or runs out of memory.
     """
     B, H, dq = q.shape
     c, dv = w_uk.shape[2], w_uv_t.shape[2]
@@ -226,7 +227,12 @@ def mla_attention(q: torch.Tensor, rot: torch.Tensor, w_uk: torch.Tensor, w_uv_t
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """RMSNorm of ``x [M, D]`` float32 (rows may be strided, columns contiguous) with ``weight [D]``
-    float32 -> ``[M, D]``: ``x / sqrt(mean(x²) + eps) * weight``."""
+    float32 -> ``[M, D]``: ``x / sqrt(mean(x²) + eps) * weight``. Raises ``ValueError`` for other
+    dtypes or shapes."""
+    if (x.dim() != 2 or x.dtype != torch.float32 or weight.dtype != torch.float32 or weight.shape != x.shape[1:]
+            or not weight.is_contiguous()):
+        raise ValueError(f"rms_norm: x {tuple(x.shape)} {x.dtype} and weight {tuple(weight.shape)} {weight.dtype} "
+                         "must be float32, x [M, D] and weight [D] contiguous")
     if x.stride(-1) != 1:
         x = x.contiguous()
     M, D = x.shape
