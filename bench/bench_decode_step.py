@@ -3,7 +3,7 @@
 Prefills ``--batch`` rows of ``--prompt`` random tokens, then runs ``--steps`` decode steps (after 10
 untimed ones) through ``FastDecoder``'s own pieces with a timer around each: attention, the dense
 FFN, router + shared experts, top-k routing, routed experts, the output head, and the greedy
-log-prob math of ``nanoseek.generation``. The sum is the step; "other" is what the timers miss
+log-prob math of ``nanoseek.policy.generate``. The sum is the step; "other" is what the timers miss
 (embedding, masks, RoPE matrix, residual adds, norms outside attention).
 
     python bench/bench_decode_step.py [--threads 2] [--batch 16] [--prompt 96] [--steps 40] [--no-kernels]

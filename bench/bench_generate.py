@@ -28,7 +28,7 @@ import warnings
 
 import torch
 
-from nanoseek.generation import SamplingParams, generate
+from nanoseek.policy.generate import SamplingParams, generate
 from nanoseek.model import DeepseekV3ForCausalLM, ModelConfig, cpu_kernels
 from nanoseek.model.hf import save_pretrained
 

@@ -54,7 +54,7 @@ def run(data_dir: Path, n: int, pin: bool = True) -> dict:
 
     from math_verify import parse, verify
 
-    from nanoseek import grading
+    from nanoseek.rewards import grading
 
     logging.getLogger("math_verify").setLevel(logging.ERROR)
     pairs = completions(data_dir, n)

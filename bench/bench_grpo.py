@@ -111,7 +111,7 @@ class ListTask:
 def run_nanoseek(hf, tok, task, examples, steps: int, warmup: int) -> list[dict]:
     from nanoseek.config import GRPOConfig
     from nanoseek.model.hf import TransformersLM
-    from nanoseek.policy import Policy
+    from nanoseek.policy.policy import Policy
     from nanoseek.rl.trainer import GRPOTrainer
 
     policy = Policy(TransformersLM(hf), tok)
@@ -135,7 +135,7 @@ def run_trl(hf, tok, task, examples, texts, steps: int, warmup: int) -> list[flo
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from nanoseek import rewards
+    from nanoseek.rewards import rules as rewards
 
     def accuracy(completions, answer, **_):
         return rewards.accuracy_reward(completions, answer, think_prefilled=True)

@@ -31,7 +31,7 @@ from pathlib import Path
 def tiny_checkpoint(folder: Path) -> Path:
     import torch
 
-    from nanoseek.checkpoint import save_model_folder
+    from nanoseek.runs.checkpoint import save_model_folder
     from nanoseek.model import DeepseekV3ForCausalLM, ModelConfig
     from nanoseek.tokenizer import build_tokenizer
 
@@ -115,7 +115,7 @@ def main() -> int:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-    server = subprocess.Popen([sys.executable, "-m", "nanoseek.cli", "serve", "--model", model, "--port", str(port),
+    server = subprocess.Popen([sys.executable, "-m", "nanoseek.cli.main", "serve", "--model", model, "--port", str(port),
                                "--served-model-name", "bench", "--max-batch", str(max(64, args.clients))],
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:

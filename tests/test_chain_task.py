@@ -66,7 +66,7 @@ def test_prompt_template_prefills_think():
 def test_asking_for_more_problems_than_exist_is_an_error():
     import pytest
 
-    from nanoseek import NanoseekError
+    from nanoseek.errors import NanoseekError
 
     with pytest.raises(NanoseekError, match="allow only 100"):
         ChainTask(min_terms=2, max_terms=2, operators="+", n_test=101)

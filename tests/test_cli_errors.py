@@ -10,7 +10,7 @@ import pytest
 
 def run_cli(*args, env=None, cwd=None):
     e = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "nanoseek.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "nanoseek.cli.main", *args], capture_output=True, text=True,
                           env=e, cwd=cwd, timeout=120)
 
 

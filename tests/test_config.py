@@ -2,7 +2,7 @@
 
 import pytest
 
-from nanoseek import NanoseekError
+from nanoseek.errors import NanoseekError
 from nanoseek.config import apply_overrides, build_zero_config, load_config_dict
 
 

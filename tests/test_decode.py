@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from nanoseek.generation import SamplingParams, generate
+from nanoseek.policy.generate import SamplingParams, generate
 from nanoseek.model import DeepseekV3ForCausalLM, ModelConfig
 from nanoseek.model import cpu_kernels
 from nanoseek.model import decode as decode_mod

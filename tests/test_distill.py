@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from nanoseek import NanoseekError
+from nanoseek.errors import NanoseekError
 from nanoseek.config import load_config_dict
-from nanoseek.distill import build_distill_config
+from nanoseek.recipes.distill import build_distill_config
 from nanoseek.model.config import ModelConfig
 from nanoseek.model.transformer import DeepseekV3ForCausalLM
 
@@ -38,7 +38,7 @@ def test_config_needs_a_teacher_and_inherits_the_zero_recipe():
 
 
 def test_student_spec(tmp_path):
-    from nanoseek.cli_distill import student_spec
+    from nanoseek.cli.distill import student_spec
 
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "config.json").write_text("{}")
@@ -54,9 +54,9 @@ def test_student_spec(tmp_path):
 
 @pytest.mark.slow
 def test_tiny_distillation_end_to_end(tmp_path):
-    from nanoseek.distill import run_distill
-    from nanoseek.pipeline import build_r1_config, run_r1
-    from nanoseek.recipe import load
+    from nanoseek.recipes.distill import run_distill
+    from nanoseek.recipes.r1 import build_r1_config, run_r1
+    from nanoseek.recipes.build import load
 
     from test_pipeline import TINY
 

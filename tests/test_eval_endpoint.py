@@ -10,10 +10,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from nanoseek import NanoseekError
-from nanoseek.eval_endpoint import EndpointConfig
-from nanoseek.eval_run import EndpointSampler, EvalSettings, run_evaluation
-from nanoseek.evaluate import sample_seed
+from nanoseek.errors import NanoseekError
+from nanoseek.evaluation.endpoint import EndpointConfig
+from nanoseek.evaluation.run import EndpointSampler, EvalSettings, run_evaluation
+from nanoseek.evaluation.evaluate import sample_seed
 from nanoseek.tasks.base import R1_MATH_INSTRUCTION
 
 SEED, K, MODEL = 1234, 4, "planted-model"
@@ -202,7 +202,7 @@ def test_planted_pass1_and_cons(server, tmp_path, monkeypatch):
 
 
 def test_resume_refuse_and_cli(server, tmp_path, monkeypatch, capsys):
-    from nanoseek.cli import main
+    from nanoseek.cli.main import main
 
     monkeypatch.setenv("NANOSEEK_QUIET", "1")
     out = tmp_path / "ev"

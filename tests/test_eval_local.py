@@ -8,7 +8,7 @@ import pytest
 import torch
 
 pytest.importorskip("nanoseek.model.hf")
-pytest.importorskip("nanoseek.generation")
+pytest.importorskip("nanoseek.policy.generate")
 
 ARGS = ["--task", "gsm8k", "--limit", "3", "--samples", "2", "--max-tokens", "12"]
 
@@ -16,9 +16,9 @@ ARGS = ["--task", "gsm8k", "--limit", "3", "--samples", "2", "--max-tokens", "12
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     """A run directory shaped like nanoseek zero's: config.toml + checkpoints/step-1 + latest."""
-    from nanoseek.checkpoint import save_checkpoint
+    from nanoseek.runs.checkpoint import save_checkpoint
     from nanoseek.model import DeepseekV3ForCausalLM, ModelConfig
-    from nanoseek.runs import RunDir
+    from nanoseek.runs.rundir import RunDir
     from nanoseek.tokenizer import build_tokenizer
 
     tok = build_tokenizer()
@@ -34,10 +34,10 @@ def run_dir(tmp_path_factory):
 
 
 def test_eval_run_dir_matches_evaluate_policy(run_dir, tmp_path, data_dir, monkeypatch):
-    from nanoseek.cli import main
-    from nanoseek.evaluate import evaluate_policy
+    from nanoseek.cli.main import main
+    from nanoseek.evaluation.evaluate import evaluate_policy
     from nanoseek.model.hf import load_model
-    from nanoseek.policy import Policy
+    from nanoseek.policy.policy import Policy
     from nanoseek.tasks import get_task
     from nanoseek.tokenizer import load_tokenizer
 
@@ -75,7 +75,7 @@ def test_endpoint_through_nanoseek_serve_matches_local(run_dir, tmp_path, data_d
     """End to end through ``nanoseek serve`` at temperature 0: the endpoint path reports the local
     numbers (same prompt: no system prompt, no instruction; greedy decoding)."""
     serve_app = pytest.importorskip("nanoseek.serve.app")
-    from nanoseek.cli import main
+    from nanoseek.cli.main import main
     from nanoseek.serve.chat_model import ChatModel
 
     monkeypatch.setenv("NANOSEEK_QUIET", "1")
@@ -95,7 +95,7 @@ def test_endpoint_through_nanoseek_serve_matches_local(run_dir, tmp_path, data_d
 def test_zero_run_summary_is_reproduced(tmp_path, data_dir, monkeypatch):
     """A (very short) nanoseek zero run, then: ``nanoseek eval`` with the run's eval settings and
     seed reproduces summary.json's final numbers; the README's GSM8K command runs on the CPU."""
-    from nanoseek.cli import main
+    from nanoseek.cli.main import main
 
     monkeypatch.setenv("NANOSEEK_QUIET", "1")
     run = tmp_path / "zero"

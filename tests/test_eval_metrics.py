@@ -5,9 +5,9 @@ from math import comb
 
 import pytest
 
-from nanoseek.eval_metrics import (breakdown, cons_at_k, cross_table, majority_vote, pass1_stderr, pass_at_k,
+from nanoseek.evaluation.metrics import (breakdown, cons_at_k, cross_table, majority_vote, pass1_stderr, pass_at_k,
                                    pass_at_k_curve)
-from nanoseek.evaluate import SampleResult, split_reasoning, summarize
+from nanoseek.evaluation.evaluate import SampleResult, split_reasoning, summarize
 
 
 def test_pass_at_k_hand_computed():
@@ -80,7 +80,7 @@ def test_cons_at_k_with_the_real_grader():
         cons_at_k(["1"], [True, False])
 
 
-@pytest.mark.xfail(reason="nanoseek.grading.is_equivalent does not read Unicode vulgar fractions (½) yet", strict=False)
+@pytest.mark.xfail(reason="nanoseek.rewards.grading.is_equivalent does not read Unicode vulgar fractions (½) yet", strict=False)
 def test_cons_at_k_unicode_half():
     # without ½ ~ 0.5 the "3" cluster would win the 2-2 tie by appearing first
     assert cons_at_k(["½", "3", "0.5", "3", "1/2"], [True, False, True, False, True]) == 1.0
@@ -127,7 +127,7 @@ def test_split_reasoning():
 
 
 def test_grading_uses_the_tasks_own_accuracy_reward(data_dir):
-    from nanoseek.evaluate import grade_completions
+    from nanoseek.evaluation.evaluate import grade_completions
     from nanoseek.tasks import get_task
 
     task = get_task("countdown")

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from nanoseek.generation import Completion, SamplingParams, generate, stream_generate
+from nanoseek.policy.generate import Completion, SamplingParams, generate, stream_generate
 from nanoseek.model import DeepseekV3ForCausalLM, ModelConfig
 
 V = 61

@@ -1,4 +1,4 @@
-"""Answer extraction and equivalence (nanoseek.grading): the issue's named cases, one test each."""
+"""Answer extraction and equivalence (nanoseek.rewards.grading): the issue's named cases, one test each."""
 
 import concurrent.futures as cf
 import threading
@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from nanoseek import grading
-from nanoseek.grading import extract_answer, is_equivalent
-from nanoseek.grading_pool import warmup
+from nanoseek.rewards import grading
+from nanoseek.rewards.grading import extract_answer, is_equivalent
+from nanoseek.rewards.grading_pool import warmup
 
 
 # ---------------------------------------------------------------- extraction

@@ -4,14 +4,14 @@ adapter disabled (no second model), checkpoints hold the adapter only and restor
 import pytest
 import torch
 
-from nanoseek import NanoseekError
-from nanoseek.checkpoint import load_weights_into, save_checkpoint
-from nanoseek.lora import adapter_disabled, is_lora
+from nanoseek.errors import NanoseekError
+from nanoseek.runs.checkpoint import load_weights_into, save_checkpoint
+from nanoseek.model.lora import adapter_disabled, is_lora
 from nanoseek.model.hf_fast import FastLM
-from nanoseek.policy import build_batch
+from nanoseek.policy.policy import build_batch
 from nanoseek.rl import token_logprobs
 from nanoseek.rl.trainer import GRPOTrainer
-from nanoseek.runs import RunDir
+from nanoseek.runs.rundir import RunDir
 from test_trainer_helpers import ToyTask, native_policy, qwen_model, qwen_policy, tokenizer, toy_config
 
 pytest.importorskip("peft")

@@ -6,8 +6,8 @@ import warnings
 import pytest
 import torch
 
-from nanoseek import NanoseekError
-from nanoseek.generation import SamplingParams, generate
+from nanoseek.errors import NanoseekError
+from nanoseek.policy.generate import SamplingParams, generate
 from nanoseek.model import DeepseekV3ForCausalLM, ModelConfig
 from nanoseek.model.hf import TransformersLM, load_model, save_pretrained
 

@@ -9,11 +9,11 @@ import json
 import pytest
 import torch
 
-from nanoseek import NanoseekError
-from nanoseek.generation import SamplingParams
+from nanoseek.errors import NanoseekError
+from nanoseek.policy.generate import SamplingParams
 from nanoseek.model import hub
 from nanoseek.model.hf import TransformersLM, load_model, resolve_model_dir
-from nanoseek.policy import Policy, build_batch
+from nanoseek.policy.policy import Policy, build_batch
 from nanoseek.tokenizer import build_tokenizer, load_tokenizer, render_prompt, stop_token_ids
 
 transformers = pytest.importorskip("transformers")
@@ -29,7 +29,7 @@ def one_thread():
 
 def save_tiny_llama(folder, chat_template: bool = True, seed: int = 0):
     """A random 2-layer Llama (GQA) with nanoseek's tokenizer, saved as an HF folder."""
-    from nanoseek.checkpoint import save_model_folder
+    from nanoseek.runs.checkpoint import save_model_folder
 
     tok = build_tokenizer()
     if not chat_template:
@@ -191,7 +191,7 @@ def test_conversion_is_atomic_and_runs_once(tmp_path, monkeypatch):
 
 
 def test_fetch_command(tmp_path, monkeypatch, capsys):
-    from nanoseek.cli import main
+    from nanoseek.cli.main import main
 
     monkeypatch.setenv("NANOSEEK_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(hub, "source_file", lambda name: tmp_path)

@@ -21,7 +21,7 @@ NAME = "smollm2-135m"
 
 
 def cli(*args, env):
-    return subprocess.run([sys.executable, "-m", "nanoseek.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "nanoseek.cli.main", *args], capture_output=True, text=True,
                           env={**os.environ, "OMP_NUM_THREADS": "1", **env}, timeout=900)
 
 
@@ -47,7 +47,7 @@ def smollm2(tmp_path_factory):
 @pytest.fixture(scope="module")
 def policy(smollm2):
     from nanoseek.model.hf import load_model
-    from nanoseek.policy import Policy
+    from nanoseek.policy.policy import Policy
     from nanoseek.tokenizer import load_tokenizer
 
     torch.set_num_threads(1)
@@ -104,8 +104,8 @@ def test_smollm2_tokenizer_with_nanoseek_prompts(policy):
 
 
 def test_policy_answers_in_chatml(policy):
-    from nanoseek.generation import SamplingParams
-    from nanoseek.policy import build_batch
+    from nanoseek.policy.generate import SamplingParams
+    from nanoseek.policy.policy import build_batch
 
     prompts = policy.encode_prompts(["What is the capital of France?", "Name a colour of the sky."])
     done = policy.generate(prompts, SamplingParams(max_new_tokens=24, temperature=0.0))

@@ -5,10 +5,10 @@ import json
 import pytest
 import torch
 
-from nanoseek import NanoseekError
+from nanoseek.errors import NanoseekError
 from nanoseek.config import load_config_dict
-from nanoseek.pipeline import STAGES, R1Pipeline, build_r1_config, builtin_non_reasoning, worked_candidates
-from nanoseek.recipe import load
+from nanoseek.recipes.r1 import STAGES, R1Pipeline, build_r1_config, builtin_non_reasoning, worked_candidates
+from nanoseek.recipes.build import load
 
 
 def test_r1_recipe_shares_the_zero_recipes_base_and_adds_the_language_reward():
@@ -32,8 +32,8 @@ def test_overrides_and_unknown_keys():
 
 
 def test_cold_start_data_is_readable_worked_solutions_that_pass_the_filters():
-    from nanoseek.sample import SampleConfig, chat_record, filter_candidates
-    from nanoseek.sft_data import encode_chat
+    from nanoseek.recipes.rejection import SampleConfig, chat_record, filter_candidates
+    from nanoseek.train.sft_data import encode_chat
     from nanoseek.tasks.chain import ChainTask
     from nanoseek.tokenizer import build_tokenizer
 
@@ -59,7 +59,7 @@ def test_builtin_non_reasoning_data_answers_without_a_cot():
 
 
 def test_from_stage_removes_that_stage_and_later_ones(tmp_path):
-    from nanoseek.runs import RunDir
+    from nanoseek.runs.rundir import RunDir
 
     cfg = build_r1_config(load_config_dict("r1-cpu"))
     run = RunDir.create(tmp_path / "r", {})
@@ -75,7 +75,7 @@ def test_from_stage_removes_that_stage_and_later_ones(tmp_path):
 
 
 def test_cli_refuses_from_without_resume(capsys):
-    from nanoseek.cli import main
+    from nanoseek.cli.main import main
 
     assert main(["r1", "--from", "all_rl"]) == 2
     assert "--resume" in capsys.readouterr().err
@@ -101,7 +101,7 @@ TINY = ["run.threads=1", "task.options.min_terms=2", "task.options.max_terms=3",
 
 @pytest.fixture(scope="module")
 def tiny_r1(tmp_path_factory):
-    from nanoseek.pipeline import run_r1
+    from nanoseek.recipes.r1 import run_r1
 
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("r1") / "run"
@@ -127,7 +127,7 @@ def test_tiny_r1_runs_every_stage_and_reports_each(tiny_r1):
 
 @pytest.mark.slow
 def test_tiny_r1_resume_from_a_stage_redoes_it(tiny_r1):
-    from nanoseek.pipeline import run_r1
+    from nanoseek.recipes.r1 import run_r1
 
     before = json.loads((tiny_r1 / "summary.json").read_text())["stages"]
     cfg = build_r1_config(load("r1-cpu", TINY))

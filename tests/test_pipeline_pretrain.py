@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from nanoseek.cli_pretrain import corpus_tokens, window_documents
+from nanoseek.cli.pretrain import corpus_tokens, window_documents
 from nanoseek.tokenizer import build_tokenizer
 
 SMALL = ["--set", "run.threads=1", "--set", "pretrain.batch_size=2", "--set", "run.checkpoint_every=2",
@@ -29,7 +29,7 @@ def test_corpus_readers(tmp_path):
 
 def test_pretrain_on_a_text_corpus_with_mtp_and_resume(tmp_path, monkeypatch):
     from nanoseek.atomic import remove_path
-    from nanoseek.cli import main
+    from nanoseek.cli.main import main
     from nanoseek.model.hf import load_model
 
     monkeypatch.setenv("NANOSEEK_QUIET", "1")
@@ -53,7 +53,7 @@ def test_pretrain_on_a_text_corpus_with_mtp_and_resume(tmp_path, monkeypatch):
 
 
 def test_pretrain_refuses_a_missing_corpus(tmp_path, capsys):
-    from nanoseek.cli import main
+    from nanoseek.cli.main import main
 
     assert main(["pretrain", "--data", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "o")]) == 2
     assert "does not exist" in capsys.readouterr().err
@@ -62,7 +62,7 @@ def test_pretrain_refuses_a_missing_corpus(tmp_path, capsys):
 
 @pytest.mark.parametrize("bad", ['{"x": 1}\n'])
 def test_jsonl_corpus_rows_need_text_or_messages(tmp_path, bad):
-    from nanoseek import NanoseekError
+    from nanoseek.errors import NanoseekError
 
     p = tmp_path / "c.jsonl"
     p.write_text(bad)

@@ -5,10 +5,10 @@ import struct
 
 import pytest
 
-from nanoseek.plots import PlotSpec, plot_run, series_of
+from nanoseek.runs.plots import PlotSpec, plot_run, series_of
 from nanoseek.progress import Progress
-from nanoseek.report import format_duration, markdown_table, write_report
-from nanoseek.runs import RunDir
+from nanoseek.runs.report import format_duration, markdown_table, write_report
+from nanoseek.runs.rundir import RunDir
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -38,13 +38,13 @@ if mode == "between":  # SIGKILL just before GRPO step index `at` runs
         return step(self, s)
     GRPOTrainer.step = killing_step
 elif mode == "write":  # SIGKILL inside checkpoint step-`at`, after its files, before the rename
-    import nanoseek.zero as zero
+    import nanoseek.recipes.zero as zero
     run_zero = zero.run_zero
     def hook(tmp):
         if f"step-{at}-" in tmp.name:
             os.kill(os.getpid(), signal.SIGKILL)
     zero.run_zero = lambda *a, **k: run_zero(*a, **{**k, "fault_hook": hook})
-from nanoseek.cli import main
+from nanoseek.cli.main import main
 sys.exit(main(sys.argv[3:]))
 '''
 

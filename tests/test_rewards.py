@@ -2,8 +2,8 @@
 
 import pytest
 
-from nanoseek import rewards
-from nanoseek.rewards import accuracy_reward, combine_rewards, format_reward
+from nanoseek.rewards import rules as rewards
+from nanoseek.rewards.rules import accuracy_reward, combine_rewards, format_reward
 
 GOOD = "<think>\n2+2 is 4.\nYes.\n</think>\n<answer>4</answer>"
 
@@ -81,7 +81,7 @@ def test_combine_rewards_weighted_sum_and_none():
 # ---------------------------------------------------------------- language consistency
 
 def test_language_consistency_share_of_cot_words():
-    from nanoseek.rewards import language_consistency_reward as lang
+    from nanoseek.rewards.rules import language_consistency_reward as lang
 
     en = "<think>First add the two numbers, then check.</think><answer>4</answer>"
     mixed = "<think>First 我们 add the numbers</think><answer>4</answer>"  # 4 english words + 2 han chars
@@ -100,7 +100,7 @@ def test_language_consistency_share_of_cot_words():
 # ---------------------------------------------------------------- DAPO overlong penalty
 
 def test_overlong_penalty_dapo_eq13():
-    from nanoseek.rewards import overlong_penalty
+    from nanoseek.rewards.rules import overlong_penalty
 
     ids = [[0] * n for n in (10, 16, 18, 20, 21)]
     out = overlong_penalty(["x"] * 5, completion_ids=ids, max_length=20, cache_length=4)
@@ -112,7 +112,7 @@ def test_overlong_penalty_dapo_eq13():
 
 
 def test_combine_rewards_with_options_and_task_rewards(data_dir):
-    from nanoseek import NanoseekError
+    from nanoseek.errors import NanoseekError
     from nanoseek.tasks import get_task
 
     fn = combine_rewards({"accuracy": 1.0, "overlong": 1.0}, overlong={"max_length": 8, "cache_length": 4})
@@ -128,7 +128,7 @@ def test_combine_rewards_with_options_and_task_rewards(data_dir):
 # ---------------------------------------------------------------- Countdown verifier
 
 def test_countdown_verifier_rules():
-    from nanoseek.countdown_verify import countdown_reward, evaluate, score_equation
+    from nanoseek.rewards.countdown import countdown_reward, evaluate, score_equation
 
     nums, target = [30, 100, 93], 23
     assert score_equation("93 + 30 - 100", nums, target) == 1.0
@@ -157,7 +157,7 @@ def test_countdown_verifier_rules():
 def test_rewards_never_raise_on_garbage():
     import random
 
-    from nanoseek.rewards import language_consistency_reward
+    from nanoseek.rewards.rules import language_consistency_reward
 
     pieces = ["<think>", "</think>", "<answer>", "</answer>", "\\boxed{", "}", "{", "\\frac", "12", "1,000", "-",
               "$", "####", "Final answer:", "**", "\\text{", "(C)", "%", "^\\circ", " ", "\n", "x", "=", "\\", "我们",

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from nanoseek import NanoseekError
+from nanoseek.errors import NanoseekError
 from nanoseek.atomic import atomic_dir, atomic_write_json, atomic_write_text
-from nanoseek.runs import RunDir, default_path, dumps_toml, is_run_dir, to_jsonable
+from nanoseek.runs.rundir import RunDir, default_path, dumps_toml, is_run_dir, to_jsonable
 
 CONFIG = {"recipe": "zero", "seed": 0, "lr": 1e-6, "model": {"name": "tiny", "layers": [1, 2]}}
 

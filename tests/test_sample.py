@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
-from nanoseek.decontaminate import EvalIndex, build_index, ngrams, tokens
-from nanoseek.sample import (FILTERS, Candidate, SampleConfig, chat_record, filter_candidates, mixed_language,
+from nanoseek.tasks.decontaminate import EvalIndex, build_index, ngrams, tokens
+from nanoseek.recipes.rejection import (FILTERS, Candidate, SampleConfig, chat_record, filter_candidates, mixed_language,
                              rejection_sample, repetition_loop)
 
 GOOD_COT = "7+3=0 0-9=1 1+2=3"
@@ -88,7 +88,7 @@ def test_filter_helpers():
 
 
 def test_chat_record_round_trips_through_sft_encoding():
-    from nanoseek.sft_data import encode_chat
+    from nanoseek.train.sft_data import encode_chat
     from nanoseek.tokenizer import build_tokenizer
 
     tok = build_tokenizer()
@@ -100,10 +100,10 @@ def test_chat_record_round_trips_through_sft_encoding():
 
 
 def test_rejection_sample_with_a_tiny_local_model_writes_only_kept_records():
-    from nanoseek.eval_run import LocalSampler
+    from nanoseek.evaluation.run import LocalSampler
     from nanoseek.model.config import ModelConfig
     from nanoseek.model.transformer import DeepseekV3ForCausalLM
-    from nanoseek.policy import Policy
+    from nanoseek.policy.policy import Policy
     from nanoseek.tasks.chain import ChainTask
     from nanoseek.tokenizer import build_tokenizer
 

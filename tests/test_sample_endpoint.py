@@ -8,7 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from nanoseek.sample import SampleConfig, run_sample
+from nanoseek.recipes.rejection import SampleConfig, run_sample
 from nanoseek.tasks.chain import ChainProblem, ChainTask
 
 
@@ -51,7 +51,7 @@ def server():
 
 
 def test_endpoint_teacher_samples_are_graded_filtered_and_written(tmp_path, server, monkeypatch):
-    from nanoseek.evaluate import sample_seed
+    from nanoseek.evaluation.evaluate import sample_seed
 
     monkeypatch.setenv("NANOSEEK_QUIET", "1")
     monkeypatch.setenv("OPENAI_API_KEY", "test")

@@ -106,7 +106,7 @@ def test_nanoseek_serve_subprocess(tmp_path):
     (run / "checkpoints" / "latest").write_text("step-1")
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "nanoseek.cli", "serve", "--model", str(run), "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "nanoseek.cli.main", "serve", "--model", str(run), "--port", str(port),
                              "--api-key", "k", "--served-model-name", "zero"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

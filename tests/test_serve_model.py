@@ -24,7 +24,7 @@ def one_thread():
 
 def make_checkpoint(folder):
     """A tiny random nanoseek model + tokenizer saved as a checkpoint folder."""
-    from nanoseek.checkpoint import save_model_folder
+    from nanoseek.runs.checkpoint import save_model_folder
     from nanoseek.model import DeepseekV3ForCausalLM, ModelConfig
     from nanoseek.tokenizer import build_tokenizer
 
@@ -103,7 +103,7 @@ def test_stream_equals_non_stream(server):
 
 
 def test_cli_parses_serve_and_chat(ckpt):
-    from nanoseek.cli import build_parser
+    from nanoseek.cli.main import build_parser
 
     a = build_parser().parse_args(["serve", "--model", str(ckpt), "--port", "0", "--api-key", "k",
                                    "--served-model-name", "m"])
@@ -115,7 +115,7 @@ def test_cli_parses_serve_and_chat(ckpt):
 def test_cli_chat_runs_a_turn(ckpt, capsys, monkeypatch):
     import io
 
-    from nanoseek.cli import main
+    from nanoseek.cli.main import main
 
     monkeypatch.setattr("sys.stdin", io.StringIO("hello\n/exit\n"))
     assert main(["chat", "--model", str(ckpt), "--max-tokens", "8", "--no-color", "--seed", "1"]) == 0

@@ -5,7 +5,7 @@ nanoseek's latent MLACache and for a transformers DynamicCache."""
 import pytest
 import torch
 
-from nanoseek.generation import SamplingParams, generate
+from nanoseek.policy.generate import SamplingParams, generate
 from nanoseek.serve.runner import ModelRunner
 
 torch.manual_seed(0)
@@ -90,7 +90,7 @@ def test_join_leave_and_share_match_solo(make):
 
 
 def test_matches_reference_generation():
-    """The serving runner and ``nanoseek.generation`` produce the same greedy tokens."""
+    """The serving runner and ``nanoseek.policy.generate`` produce the same greedy tokens."""
     model = nanoseek_model()
     runner = ModelRunner(model, pad_id=0)
     prompts = [[3, 4, 5, 6, 7], [8, 9]]

@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from nanoseek import NanoseekError
-from nanoseek.sft_data import (SFTSchedule, assistant_text, chat_segments, encode_chat, encode_chats,
+from nanoseek.errors import NanoseekError
+from nanoseek.train.sft_data import (SFTSchedule, assistant_text, chat_segments, encode_chat, encode_chats,
                                end_of_turn_id, load_chat_jsonl, pack_rows, packed_batch, pad_batch)
 from nanoseek.tokenizer import build_tokenizer
 
@@ -114,7 +114,7 @@ def test_bad_records_are_refused_with_file_and_line(tmp_path):
 def test_tiny_model_overfits_a_single_batch(tok):
     from nanoseek.model.config import ModelConfig
     from nanoseek.model.transformer import DeepseekV3ForCausalLM
-    from nanoseek.sft import SFTConfig, make_optimizer, sft_loss
+    from nanoseek.train.sft import SFTConfig, make_optimizer, sft_loss
 
     torch.set_num_threads(1)
     torch.manual_seed(0)

@@ -41,8 +41,8 @@ def data_file(tmp_path):
 
 def test_sft_run_on_a_transformers_model_writes_the_run_directory_and_resumes(tmp_path, llama_folder, data_file, monkeypatch):
     from nanoseek.model.hf import resolve_model_dir
-    from nanoseek.recipe import build
-    from nanoseek.sft import SFTRecipe, run_sft
+    from nanoseek.recipes.build import build
+    from nanoseek.train.sft import SFTRecipe, run_sft
 
     torch.set_num_threads(1)
     monkeypatch.setenv("NANOSEEK_QUIET", "1")
@@ -71,7 +71,7 @@ def test_sft_run_on_a_transformers_model_writes_the_run_directory_and_resumes(tm
 
 
 def test_cli_sft_refuses_bad_data_with_one_line(tmp_path, llama_folder, capsys):
-    from nanoseek.cli import main
+    from nanoseek.cli.main import main
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"messages": [{"role": "user", "content": "x"}]}\n')

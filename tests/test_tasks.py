@@ -11,8 +11,10 @@ import re
 
 import pytest
 
-from nanoseek import NanoseekError, grading
-from nanoseek.rewards import accuracy_reward, format_reward
+from nanoseek.errors import NanoseekError
+
+from nanoseek.rewards import grading
+from nanoseek.rewards.rules import accuracy_reward, format_reward
 from nanoseek.tasks import get_task, task_names
 from nanoseek.tasks.templates import apply_template
 
@@ -102,7 +104,7 @@ def test_both_templates_for_every_task(data_dir, name):
     cols = {k: [v] for k, v in ex.columns().items()}
     answer = ex.answer
     if name == "countdown":
-        from nanoseek.countdown_verify import solve
+        from nanoseek.rewards.countdown import solve
         answer = solve(ex.metadata["nums"], ex.metadata["target"])
     assert acc([f" ok </think> <answer>{answer}</answer>"], think_prefilled=True, **cols) == [1.0]
     assert acc([f" ok </think>\nSo the answer is $\\boxed{{{answer}}}$."], think_prefilled=True, **cols) == [1.0]
@@ -195,7 +197,7 @@ def test_math_train_mismatches_full(data_dir):
 # ---------------------------------------------------------------- Countdown
 
 def test_countdown_test_rows_solvable_and_verified(data_dir):
-    from nanoseek.countdown_verify import solve
+    from nanoseek.rewards.countdown import solve
 
     task = get_task("countdown", data_dir=data_dir, num_train=10)
     acc = task.reward_funcs()["accuracy"]
@@ -206,7 +208,7 @@ def test_countdown_test_rows_solvable_and_verified(data_dir):
 
 
 def test_countdown_generator_is_seeded_solvable_and_excludes_test(data_dir):
-    from nanoseek.countdown_verify import score_equation, solve
+    from nanoseek.rewards.countdown import score_equation, solve
 
     a = get_task("countdown", data_dir=data_dir, num_train=300, seed=7).examples("train")
     b = get_task("countdown", data_dir=data_dir, num_train=300, seed=7).examples("train")

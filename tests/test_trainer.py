@@ -6,9 +6,9 @@ import io
 import pytest
 import torch
 
-from nanoseek import NanoseekError
+from nanoseek.errors import NanoseekError
 from nanoseek.config import GRPOConfig, build_zero_config
-from nanoseek.policy import build_batch
+from nanoseek.policy.policy import build_batch
 from nanoseek.rl import token_logprobs
 from nanoseek.rl.health import Alarms
 from nanoseek.rl.trainer import GRPOTrainer, learning_rate
@@ -139,8 +139,8 @@ def test_stop_strings_end_completions(make):
 
 
 def test_stop_string_across_tokens_online_and_afterwards_agree():
-    from nanoseek.generation import Completion
-    from nanoseek.rl.sampling import StopStrings
+    from nanoseek.policy.generate import Completion
+    from nanoseek.rl.rollout import StopStrings
 
     tok = tokenizer()
     stops = StopStrings(tok, ["</ans", "\n\n"])

@@ -1,15 +1,15 @@
 """The fast paths for Llama-family transformers policies against the plain ones:
 shared-prompt scoring (``nanoseek.model.hf_fast``) and static-cache sampling
-(``nanoseek.generation_static``)."""
+(``nanoseek.policy.generate_static``)."""
 
 import pytest
 import torch
 
-from nanoseek.generation import SamplingParams, generate
-from nanoseek.generation_static import generate_static
+from nanoseek.policy.generate import SamplingParams, generate
+from nanoseek.policy.generate_static import generate_static
 from nanoseek.model.hf import TransformersLM
 from nanoseek.model.hf_fast import FastLM, supports
-from nanoseek.policy import build_batch
+from nanoseek.policy.policy import build_batch
 from nanoseek.rl import token_logprobs
 from test_trainer_helpers import native_model, qwen_model
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from nanoseek.policy import Policy
+from nanoseek.policy.policy import Policy
 from nanoseek.tasks.base import Example, Task
 from nanoseek.tokenizer import build_tokenizer
 

@@ -27,7 +27,7 @@ def run_zero(tmp_path: Path, name: str, seed: int = 3) -> Path:
     out = tmp_path / name
     args = ["zero", "--out", str(out), "--seed", str(seed)] + [a for s in SHORT for a in ("--set", s)]
     env = {**os.environ, "NANOSEEK_QUIET": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "nanoseek.cli", *args], env=env, capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "nanoseek.cli.main", *args], env=env, capture_output=True, text=True,
                           timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"report: {out / 'report.md'}" in proc.stdout

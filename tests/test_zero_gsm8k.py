@@ -9,7 +9,7 @@ import sys
 
 import torch
 
-from nanoseek.rewards import combine_rewards
+from nanoseek.rewards.rules import combine_rewards
 from nanoseek.tasks import get_task
 
 
@@ -38,7 +38,7 @@ def test_planted_gsm8k_completions_get_the_right_rewards(data_dir):
 
 
 def test_grpo_steps_on_real_gsm8k_with_a_nanoseek_checkpoint(tmp_path, data_dir):
-    from nanoseek.checkpoint import save_model_folder
+    from nanoseek.runs.checkpoint import save_model_folder
     from nanoseek.model.config import ModelConfig
     from nanoseek.model.transformer import DeepseekV3ForCausalLM
     from nanoseek.tokenizer import build_tokenizer
@@ -55,7 +55,7 @@ def test_grpo_steps_on_real_gsm8k_with_a_nanoseek_checkpoint(tmp_path, data_dir)
     sets = ["run.threads=1", "grpo.steps=2", "grpo.prompts_per_step=2", "grpo.group_size=2", "grpo.max_new_tokens=16",
             "grpo.max_prompt_length=2048", "grpo.eval_every=0", "eval.limit=3", "eval.samples=2", "eval.max_new_tokens=16"]
     args = ["zero", "--task", "gsm8k", "--model", str(model_dir), "--data-dir", str(data_dir), "--out", str(out)]
-    proc = subprocess.run([sys.executable, "-m", "nanoseek.cli", *args, *[a for s in sets for a in ("--set", s)]],
+    proc = subprocess.run([sys.executable, "-m", "nanoseek.cli.main", *args, *[a for s in sets for a in ("--set", s)]],
                           env={**os.environ, "NANOSEEK_QUIET": "1"}, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]

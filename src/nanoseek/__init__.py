@@ -8,11 +8,7 @@ server, sized to run on a laptop CPU and to scale out with existing engines.
 __version__ = "0.1.0"
 
 
-class NanoseekError(Exception):
-    """A user-facing error: bad input, a missing file, an unknown name.
-
-    The CLI prints its message on one line (no traceback) and exits with status 2.
-    """
+from nanoseek.errors import NanoseekError
 
 
 def load_model(path, **kwargs):

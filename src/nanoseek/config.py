@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nanoseek import NanoseekError
+from nanoseek.errors import NanoseekError
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -85,7 +85,7 @@ class GRPOConfig:
       batch holds ``prompts_per_step`` groups.
     * ``mask_truncated_completions``: DAPO sec. 3.4 overlong filtering (truncated completions
       leave the loss). ``overlong_buffer`` > 0: DAPO's soft overlong punishment
-      (``nanoseek.rewards.overlong_penalty`` with ``max_length = max_new_tokens``,
+      (``nanoseek.rewards.rules.overlong_penalty`` with ``max_length = max_new_tokens``,
       ``cache_length = overlong_buffer``, weight ``reward_weights["overlong"]``, default 1).
     * ``minibatches_per_step``: optimizer steps per rollout batch, each on a disjoint slice of the
       groups (R1-Nature Methods: 16); ``grad_accumulation_steps``: micro-batches per optimizer
@@ -100,7 +100,7 @@ class GRPOConfig:
     * ``expert_bias_update``: keep updating DeepSeekMoE's balancing bias during RL (off: routing
       must not drift between the old, reference and current policy).
     * ``fast_rollout`` / ``share_prompt``: for Llama-family ``transformers`` policies, sample with
-      ``nanoseek.generation_static`` and score each prompt once per group
+      ``nanoseek.policy.generate_static`` and score each prompt once per group
       (``nanoseek.model.hf_fast``); same numbers as the plain paths up to float rounding.
     * ``report_to``: also log to ``tensorboard`` and/or ``wandb`` (skipped when not installed).
     """
@@ -346,7 +346,7 @@ def resume_or_recipe_dict(resume: str | None, recipe: str) -> dict:
     else the recipe ``recipe`` (a TOML file or built-in name). Raises ``NanoseekError`` when
     ``resume`` is not a run directory."""
     if resume:
-        from nanoseek.runs import RunDir
+        from nanoseek.runs.rundir import RunDir
 
         if not Path(resume).is_dir():
             raise NanoseekError(f"cannot resume: run directory {resume} does not exist")

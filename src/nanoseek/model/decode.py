@@ -1,7 +1,7 @@
 """The one-token decode step of ``DeepseekV3ForCausalLM``, written for speed over a weight snapshot.
 
 ``DeepseekV3ForCausalLM.forward`` calls ``FastDecoder.forward`` for one new token per row with a
-cache and no gradient (every step of ``nanoseek.generation`` and of the server); everything else
+cache and no gradient (every step of ``nanoseek.policy.generate`` and of the server); everything else
 (training, prefill, MTP, ``attn_impl="naive"``) runs the module path. The math is the module path's
 with absorbed attention (DeepSeek-V2 §2.1.3, V3 §2.1.1; "absorb" in the V3 inference code):
 

@@ -12,7 +12,7 @@ Accepted paths (DESIGN "Run directory"):
 
 ``model_type: deepseek_v3`` loads into nanoseek's ``DeepseekV3ForCausalLM``; any other architecture
 is loaded with ``transformers.AutoModelForCausalLM`` and wrapped (``TransformersLM``) so that
-``model(input_ids, attention_mask).logits`` and ``nanoseek.generation`` work the same way.
+``model(input_ids, attention_mask).logits`` and ``nanoseek.policy.generate`` work the same way.
 
 DeepSeek-V3 tensor names on disk are the released per-expert names (``mlp.experts.{j}.gate_proj``);
 fused ``mlp.experts.gate_up_proj [E, 2I, D]`` / ``mlp.experts.down_proj [E, D, I]`` (transformers-5
@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from nanoseek import NanoseekError
+from nanoseek.errors import NanoseekError
 from nanoseek.model.config import ModelConfig
 from nanoseek.model.transformer import CausalLMOutput, DeepseekV3ForCausalLM
 

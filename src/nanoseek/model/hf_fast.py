@@ -1,5 +1,5 @@
 """The forward pass of a Llama-family ``transformers`` model written over its own modules, for
-shared-prompt scoring (GRPO) and static-cache decoding (``nanoseek.generation_static``).
+shared-prompt scoring (GRPO) and static-cache decoding (``nanoseek.policy.generate_static``).
 
 Why: GRPO scores ``G`` completions of the same prompt, so a plain forward over ``[prompt;
 completion]`` rows computes every prompt ``G`` times (forward, backward and the reference model).

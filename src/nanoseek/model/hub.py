@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from nanoseek import NanoseekError
+from nanoseek.errors import NanoseekError
 
 
 @dataclass(frozen=True)
@@ -158,7 +158,7 @@ def load_gguf(gguf: Path):
 
 
 def _convert_gguf(gguf: Path, out: Path) -> None:
-    from nanoseek.checkpoint import save_model_folder
+    from nanoseek.runs.checkpoint import save_model_folder
     from nanoseek.model.hf import TransformersLM
 
     hf, tok = load_gguf(gguf)

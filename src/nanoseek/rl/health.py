@@ -17,7 +17,7 @@ Metric names (one record per step in ``metrics.jsonl``):
   to the reference (when there is one); ``clip_ratio/{low,high,region}``: share of clipped tokens
   (DAPO sec. 3.1); ``ratio``: mean importance ratio;
 * ``grad_norm`` (before clipping), ``lr``, ``loss`` (uninformative, see above);
-* ``grader/{calls,timeouts,parse_failures}``: grader events this step (``nanoseek.rewards.stats()``);
+* ``grader/{calls,timeouts,parse_failures}``: grader events this step (``nanoseek.rewards.rules.stats()``);
 * ``sampling/{rounds,groups,kept_groups}``: dynamic sampling (DAPO sec. 3.2); ``data/position``;
 * ``tokens_per_s``, ``time/{rollout,reward,update}``: throughput and where the time went;
 * ``alarms``: names of the alarms that fired at this step (see :data:`ALARMS`).
@@ -48,7 +48,7 @@ TIMEOUT_SHARE = 0.05    # grader timeouts per grading call
 
 
 def rollout_metrics(sampled: list[dict], kept: list[dict], rounds: int, grader: dict) -> dict:
-    """Reward, length and sampling metrics from the group summaries of ``nanoseek.rl.sampling``
+    """Reward, length and sampling metrics from the group summaries of ``nanoseek.rl.rollout``
     (every sampled group, kept or not)."""
     rewards = [r for s in sampled for r in s["rewards"]]
     vals = [0.0 if r is None else r for r in rewards]

@@ -2,7 +2,7 @@
 
 One step (DeepSeek-R1 sec. 2.2.1; DeepSeekMath sec. 4.1):
 
-1. rollout (``nanoseek.rl.sampling``): take ``prompts_per_step`` prompts from the task's train
+1. rollout (``nanoseek.rl.rollout``): take ``prompts_per_step`` prompts from the task's train
    split, sample ``group_size`` completions each with the current policy, score them with the
    task's rule-based reward functions weighted by ``reward_weights`` (DAPO dynamic sampling: drop
    zero-spread groups and draw more);
@@ -32,15 +32,15 @@ from dataclasses import dataclass
 
 import torch
 
-from nanoseek import NanoseekError
+from nanoseek.errors import NanoseekError
 from nanoseek.config import GRPOConfig
-from nanoseek.policy import Policy
-from nanoseek.pretrain import lr_at
+from nanoseek.policy.policy import Policy
+from nanoseek.train.pretrain import lr_at
 from nanoseek.rl import distributed
 from nanoseek.rl.advantages import group_advantages
 from nanoseek.rl.grpo import grpo_loss
 from nanoseek.rl.health import Alarms, progress_fields, rollout_metrics
-from nanoseek.rl.sampling import Sampler
+from nanoseek.rl.rollout import Sampler
 from nanoseek.rl.update import Scorer, local_normaliser, make_micro_batch, normalisers
 
 
@@ -54,7 +54,7 @@ class TrainerState:
 
 
 def learning_rate(step: int, cfg: GRPOConfig) -> float:
-    """``warmup_steps`` of linear warm-up, then ``cosine`` (``nanoseek.pretrain.lr_at``) or
+    """``warmup_steps`` of linear warm-up, then ``cosine`` (``nanoseek.train.pretrain.lr_at``) or
     ``linear`` decay from ``lr`` to ``lr * min_lr_ratio`` at ``steps``."""
     if cfg.lr_schedule == "cosine" or (cfg.warmup_steps and step < cfg.warmup_steps):
         return lr_at(step, cfg.steps, cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio)
@@ -86,14 +86,14 @@ class GRPOTrainer:
         model = policy.model
         self.lora = cfg.lora_r > 0
         if self.lora:
-            from nanoseek.lora import apply_lora
+            from nanoseek.model.lora import apply_lora
 
             if cfg.ref_reset_every and cfg.beta > 0:
                 raise NanoseekError("grpo.ref_reset_every needs a full reference model; it cannot be combined with LoRA")
             apply_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
         generate_fn = None
         if cfg.fast_rollout and supports(model):
-            from nanoseek.generation_static import generate_static as generate_fn
+            from nanoseek.policy.generate_static import generate_static as generate_fn
         self.sampler = Sampler(policy, task, cfg, seed, self.dist, generate_fn)
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.device = next(model.parameters()).device
@@ -180,7 +180,7 @@ class GRPOTrainer:
 
     def _ref_context(self):
         if self.lora:
-            from nanoseek.lora import adapter_disabled
+            from nanoseek.model.lora import adapter_disabled
 
             return adapter_disabled(self.policy.model)
         return contextlib.nullcontext()

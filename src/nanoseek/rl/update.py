@@ -9,7 +9,7 @@ gradient equals the one-batch, one-process gradient whatever the split (tested i
 
 Log-probs (``Scorer``): ``share_prompt`` with a Llama-family ``transformers`` model runs each
 distinct prompt once per micro-batch (``nanoseek.model.hf_fast``); otherwise the plain forward
-over left-padded ``[prompt; completion]`` rows (``nanoseek.policy.build_batch``), which also
+over left-padded ``[prompt; completion]`` rows (``nanoseek.policy.policy.build_batch``), which also
 returns DeepSeekMoE expert loads.
 """
 
@@ -95,7 +95,7 @@ class Scorer:
 
         if self.share_prompt and supports(model):
             return FastLM(model).completion_logits(mb.prompt_ids, mb.prompt_mask, mb.group, mb.completion_ids), None
-        from nanoseek.policy import build_batch
+        from nanoseek.policy.policy import build_batch
 
         batch = build_batch([p for p, _ in mb.rows], [c for _, c in mb.rows], self.pad_id)
         dev = mb.completion_ids.device

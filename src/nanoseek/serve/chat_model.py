@@ -38,7 +38,7 @@ class ChatModel:
                  context_length: int | None = None) -> None:
         from nanoseek.tokenizer import stop_token_ids, template_prefills_think
 
-        from nanoseek import NanoseekError
+        from nanoseek.errors import NanoseekError
 
         if not getattr(tokenizer, "chat_template", None):
             raise NanoseekError(f"the tokenizer of {name!r} has no chat template, so chat prompts cannot be built")

@@ -192,7 +192,7 @@ class Engine:
         expand, new_rows = [], []
         for g, h in enumerate(group):
             r = h.req
-            # choice i uses seed + i (as nanoseek.generation); any JSON integer is folded into torch's range
+            # choice i uses seed + i (as nanoseek.policy.generate); any JSON integer is folded into torch's range
             seeds = ([(r.seed + i) % 2**63 for i in range(r.n)] if r.seed is not None
                      else [random.getrandbits(62) for _ in range(r.n)])
             for i in range(r.n):

@@ -13,7 +13,7 @@ Two caches are handled:
 * nanoseek's ``MLACache`` (latent ``c^KV`` and ``k^R`` per layer, ``[B, S, .]``; V3 §2.1.1);
 * transformers' ``DynamicCache`` with plain ``DynamicLayer``s (``keys``/``values`` ``[B, H, S, D]``).
 
-The calling convention is the one of ``nanoseek.generation.stream_generate`` (``attention_mask`` over
+The calling convention is the one of ``nanoseek.policy.generate.stream_generate`` (``attention_mask`` over
 all cached + new positions, explicit ``position_ids``), which both model kinds accept.
 
 ``ScriptedRunner`` has the same interface but emits chosen tokens (one-hot logits); protocol tests
@@ -28,7 +28,7 @@ from typing import Callable
 
 import torch
 
-from nanoseek.generation import SamplingParams, _filter_logits
+from nanoseek.policy.generate import SamplingParams, _filter_logits
 
 HEADROOM = 64  # spare cache slots allocated on a merge (MLACache grows by doubling past that)
 
@@ -159,7 +159,7 @@ def _trim_left(state: BatchState, k: int) -> None:
 
 def sample_row(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:
     """One token from ``logits [V]``: greedy at temperature 0, else temperature + top-p sampling with
-    the same filter as training and evaluation (``nanoseek.generation``), drawing only from this row's
+    the same filter as training and evaluation (``nanoseek.policy.generate``), drawing only from this row's
     ``generator`` (so a seeded choice does not depend on the rest of the batch)."""
     if temperature == 0:
         return int(logits.argmax())

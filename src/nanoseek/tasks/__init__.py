@@ -49,7 +49,7 @@ def get_task(name_or_path: str | Path, data_dir: str | Path | None = None, **opt
     ``exactly_once``). Raises ``nanoseek.NanoseekError`` for an unknown name (listing the known
     ones), missing data files or a malformed user file.
     """
-    from nanoseek import NanoseekError
+    from nanoseek.errors import NanoseekError
 
     name = str(name_or_path)
     if name in TASKS:

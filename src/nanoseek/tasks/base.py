@@ -1,7 +1,7 @@
 """Task and example types shared by training, evaluation, sampling and serving.
 
 A ``Task`` is a named source of ``Example`` rows (per split) plus the reward functions that grade
-completions for it. Reward functions follow the TRL protocol (see ``nanoseek.rewards``):
+completions for it. Reward functions follow the TRL protocol (see ``nanoseek.rewards.rules``):
 ``fn(completions: list[str], **columns) -> list[float | None]`` where ``columns`` are the
 ``Example.columns()`` of each completion's example, as lists aligned with ``completions``.
 """
@@ -52,7 +52,7 @@ class Task:
     """A verifiable task: splits of examples and the reward functions that grade them.
 
     Subclasses set ``name`` and ``splits`` and implement ``examples(split)``. ``reward_funcs()``
-    returns the named reward functions (default: accuracy and format; see ``nanoseek.rewards``).
+    returns the named reward functions (default: accuracy and format; see ``nanoseek.rewards.rules``).
     ``answer_type`` names how answers are compared: "number", "math" or "text".
     """
 
@@ -67,12 +67,12 @@ class Task:
         yield from self.examples(split)
 
     def reward_funcs(self) -> dict[str, RewardFn]:
-        from nanoseek import rewards
+        from nanoseek.rewards import rules as rewards
 
         return {"accuracy": rewards.accuracy_reward, "format": rewards.format_reward}
 
     def check_split(self, split: str) -> None:
-        from nanoseek import NanoseekError
+        from nanoseek.errors import NanoseekError
 
         if split not in self.splits:
             raise NanoseekError(f"task {self.name!r} has no split {split!r}; splits: {', '.join(self.splits)}")

@@ -20,7 +20,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from nanoseek import NanoseekError
+from nanoseek.errors import NanoseekError
 from nanoseek.tasks.base import Example, Task
 from nanoseek.tokenizer import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE
 

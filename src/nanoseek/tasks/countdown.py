@@ -12,7 +12,7 @@
 
 Prompt: TinyZero's question text; the answer format comes from the template (R1-Zero tags or R1
 ``\\boxed{}``). Metadata ``nums`` (list[int]) and ``target`` (int) are the columns of the reward,
-``nanoseek.countdown_verify.countdown_reward``.
+``nanoseek.rewards.countdown.countdown_reward``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import random
 from pathlib import Path
 
 from nanoseek import paths
-from nanoseek.countdown_verify import countdown_reward, solve
+from nanoseek.rewards.countdown import countdown_reward, solve
 from nanoseek.tasks.base import Example, Task
 from nanoseek.tasks.jsonl import read_jsonl
 
@@ -82,7 +82,7 @@ class CountdownTask(Task):
         self._cache: dict[str, list[Example]] = {}
 
     def _test(self) -> list[Example]:
-        from nanoseek import NanoseekError
+        from nanoseek.errors import NanoseekError
 
         path = self.root / TEST_FILE
         if not path.is_file():
@@ -120,7 +120,7 @@ class CountdownTask(Task):
     def reward_funcs(self):
         import functools
 
-        from nanoseek import rewards
+        from nanoseek.rewards import rules as rewards
 
         acc = functools.partial(countdown_reward, exactly_once=self.exactly_once, format_score=self.format_score)
         acc.__name__ = "countdown_accuracy"  # type: ignore[attr-defined]

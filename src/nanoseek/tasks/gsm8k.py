@@ -30,7 +30,7 @@ class GSM8KTask(Task):
     answer_type = "number"
 
     def __init__(self, data_dir: str | Path | None = None) -> None:
-        from nanoseek import NanoseekError
+        from nanoseek.errors import NanoseekError
 
         self.root = paths.data_dir(data_dir) / "gsm8k"
         missing = [f"{s}.jsonl" for s in self.splits if not (self.root / f"{s}.jsonl").is_file()]
@@ -44,7 +44,7 @@ class GSM8KTask(Task):
         self.bad_references: dict[str, list[str]] = {}
 
     def examples(self, split: str) -> list[Example]:
-        from nanoseek import NanoseekError
+        from nanoseek.errors import NanoseekError
 
         self.check_split(split)
         if split not in self._cache:

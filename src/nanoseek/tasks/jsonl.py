@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 def read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
     """Yield ``(line_number, object)`` for each non-blank line; a bad line raises ``NanoseekError``."""
-    from nanoseek import NanoseekError
+    from nanoseek.errors import NanoseekError
 
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
@@ -41,7 +41,7 @@ def report_bad_references(task_name: str, split: str, examples: list[Example], d
     Such examples stay in the data but are never rewarded 1 (``accuracy_reward`` gives ``None``).
     ``deep`` also parses each non-numeric reference with math-verify (``grading.check_reference``).
     """
-    from nanoseek.grading import check_reference
+    from nanoseek.rewards.grading import check_reference
 
     bad = [ex.id for ex in examples if not check_reference(ex.answer, deep=deep)]
     if bad:
@@ -57,7 +57,7 @@ class JsonlTask(Task):
     splits = ("train", "test")
 
     def __init__(self, path: str | Path) -> None:
-        from nanoseek import NanoseekError
+        from nanoseek.errors import NanoseekError
 
         self.path = Path(path).expanduser()
         if not self.path.is_file():
@@ -67,7 +67,7 @@ class JsonlTask(Task):
         self.bad_references: list[str] = []
 
     def examples(self, split: str = "train") -> list[Example]:
-        from nanoseek import NanoseekError
+        from nanoseek.errors import NanoseekError
 
         self.check_split(split)
         if self._examples is None:

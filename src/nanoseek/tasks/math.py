@@ -27,7 +27,7 @@ class _MathFiles(Task):
     answer_type = "math"
 
     def __init__(self, data_dir: str | Path | None = None) -> None:
-        from nanoseek import NanoseekError
+        from nanoseek.errors import NanoseekError
 
         self.root = paths.data_dir(data_dir) / "math500"
         files = FILES[self.name]
@@ -39,7 +39,7 @@ class _MathFiles(Task):
         self.bad_references: dict[str, list[str]] = {}
 
     def examples(self, split: str) -> list[Example]:
-        from nanoseek import NanoseekError
+        from nanoseek.errors import NanoseekError
 
         self.check_split(split)
         if split not in self._cache:

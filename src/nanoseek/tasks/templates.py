@@ -59,7 +59,7 @@ def r1_chat(prompt: str, tokenizer=None, prefill_think: bool = True, instruction
 
 def apply_template(name: str, prompt: str, tokenizer=None, **options) -> Prompted:
     """Render ``prompt`` with the template ``name`` ("r1_zero" or "r1"); options go to the template."""
-    from nanoseek import NanoseekError
+    from nanoseek.errors import NanoseekError
 
     if name in ("r1_zero", "r1-zero", "zero"):
         return r1_zero(prompt, **options)

@@ -1,0 +1,1 @@
+"""The ``nanoseek`` command: ``main.py`` parses, one module per subcommand."""

@@ -1,0 +1,53 @@
+"""``nanoseek serve``: the DeepSeek-compatible chat API and the web chat app for one model.
+
+``nanoseek serve --model PATH`` loads a run directory, checkpoint folder or Hugging Face folder and
+serves ``POST /v1/chat/completions`` (streamed ``reasoning_content`` / ``content``), ``GET /v1/models``,
+``GET /health`` and the web app at ``/`` on http://127.0.0.1:8000 (see ``nanoseek.serve.app``).
+It binds to 127.0.0.1 unless ``--host`` says otherwise; ``--api-key`` (or ``$NANOSEEK_API_KEY``)
+makes every API call need ``Authorization: Bearer KEY``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from nanoseek.errors import NanoseekError
+
+_TAGS = {"auto": None, "on": True, "off": False}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="run directory, checkpoint folder or Hugging Face folder")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    p.add_argument("--served-model-name", help="model name clients send and see (default: from the path)")
+    p.add_argument("--api-key", default=os.environ.get("NANOSEEK_API_KEY"),
+                   help="require 'Authorization: Bearer KEY' on API calls (default: $NANOSEEK_API_KEY, else none)")
+    p.add_argument("--max-batch", type=int, default=64, help="most sequences decoded together (default 64)")
+    p.add_argument("--context-length", type=int, help="override the model's context length in tokens")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default auto: cuda when available)")
+    p.add_argument("--answer-tags", choices=("auto", "on", "off"), default="auto",
+                   help="content = the body of <answer>...</answer> (R1-Zero models); auto: when the tokenizer has the tag")
+
+
+def run(args) -> int:
+    import uvicorn
+
+    from nanoseek.serve.app import create_app
+    from nanoseek.serve.chat_model import ChatModel
+
+    if args.max_batch < 1:
+        raise NanoseekError(f"--max-batch must be at least 1, got {args.max_batch}")
+    cm = ChatModel.load(args.model, name=args.served_model_name, device=args.device, context_length=args.context_length,
+                        answer_tags=_TAGS[args.answer_tags])
+    app = create_app(cm, api_key=args.api_key, max_batch=args.max_batch)
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:
+        print(f"nanoseek serve: warning: listening on {args.host} without --api-key", file=sys.stderr)
+    shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+    print(f"nanoseek serve: {cm.name} (context {cm.context_length} tokens, think pre-filled: {cm.think_prefilled}, "
+          f"answer tags: {cm.answer_tags})\n  web app  http://{shown}:{args.port}/\n"
+          f"  API      http://{shown}:{args.port}/v1  (OpenAI/DeepSeek client base_url)", file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    return 0

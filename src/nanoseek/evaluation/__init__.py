@@ -1,0 +1,1 @@
+"""Evaluation: pass@1 over k samples, pass@k, cons@k, for local models and endpoints."""

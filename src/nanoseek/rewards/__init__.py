@@ -1,0 +1,1 @@
+"""Rewards: the TRL-style reward protocol, the rule-based rewards, the graders."""

@@ -1,0 +1,1 @@
+"""The run directory: layout, checkpoints, plots and the report."""

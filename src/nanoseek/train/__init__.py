@@ -1,0 +1,1 @@
+"""Supervised training: next-token pretraining, SFT, and the optimizer they share."""
