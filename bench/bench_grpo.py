@@ -109,7 +109,7 @@ class ListTask:
 
 
 def run_nanoseek(hf, tok, task, examples, steps: int, warmup: int) -> list[dict]:
-    from nanoseek.config import GRPOConfig
+    from nanoseek.rl.config import GRPOConfig
     from nanoseek.model.hf import TransformersLM
     from nanoseek.policy.policy import Policy
     from nanoseek.rl.trainer import GRPOTrainer

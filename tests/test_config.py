@@ -3,7 +3,8 @@
 import pytest
 
 from nanoseek.errors import NanoseekError
-from nanoseek.config import apply_overrides, build_zero_config, load_config_dict
+from nanoseek.config import apply_overrides, load_config_dict
+from nanoseek.recipes.config import build_zero_config
 
 
 def test_builtin_recipe_loads():

@@ -56,7 +56,7 @@ def test_student_spec(tmp_path):
 def test_tiny_distillation_end_to_end(tmp_path):
     from nanoseek.recipes.distill import run_distill
     from nanoseek.recipes.r1 import build_r1_config, run_r1
-    from nanoseek.recipes.build import load
+    from nanoseek.config import load
 
     from test_pipeline import TINY
 

@@ -8,7 +8,7 @@ import torch
 from nanoseek.errors import NanoseekError
 from nanoseek.config import load_config_dict
 from nanoseek.recipes.r1 import STAGES, R1Pipeline, build_r1_config, builtin_non_reasoning, worked_candidates
-from nanoseek.recipes.build import load
+from nanoseek.config import load
 
 
 def test_r1_recipe_shares_the_zero_recipes_base_and_adds_the_language_reward():

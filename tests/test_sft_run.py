@@ -41,7 +41,7 @@ def data_file(tmp_path):
 
 def test_sft_run_on_a_transformers_model_writes_the_run_directory_and_resumes(tmp_path, llama_folder, data_file, monkeypatch):
     from nanoseek.model.hf import resolve_model_dir
-    from nanoseek.recipes.build import build
+    from nanoseek.config import build
     from nanoseek.train.sft import SFTRecipe, run_sft
 
     torch.set_num_threads(1)

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from nanoseek.errors import NanoseekError
-from nanoseek.config import GRPOConfig, build_zero_config
+from nanoseek.rl.config import GRPOConfig
+from nanoseek.recipes.config import build_zero_config
 from nanoseek.policy.policy import build_batch
 from nanoseek.rl import token_logprobs
 from nanoseek.rl.health import Alarms

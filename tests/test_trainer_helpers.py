@@ -85,7 +85,7 @@ class ToyTask(Task):
 
 
 def toy_config(**kw):
-    from nanoseek.config import GRPOConfig
+    from nanoseek.rl.config import GRPOConfig
 
     base = dict(steps=10, prompts_per_step=4, group_size=4, max_new_tokens=8, lr=1e-2, reward_weights={"even": 1.0},
                 log_samples=1)

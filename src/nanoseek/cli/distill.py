@@ -54,7 +54,8 @@ def student_spec(arg: str) -> dict:
 
 
 def run(args) -> int:
-    from nanoseek.config import apply_overrides, resume_or_recipe_dict
+    from nanoseek.config import apply_overrides
+    from nanoseek.recipes.config import resume_or_recipe_dict
     from nanoseek.recipes.distill import build_distill_config, run_distill
 
     data = resume_or_recipe_dict(args.resume, args.config)

@@ -132,8 +132,8 @@ def pretrain_corpus(cfg, run, data: str, seq_len: int) -> None:
 
 
 def run(args) -> int:
-    from nanoseek.config import build_zero_config
-    from nanoseek.recipes.build import load
+    from nanoseek.recipes.config import build_zero_config
+    from nanoseek.config import load
     from nanoseek.runs.rundir import RunDir, default_path
 
     if args.resume:

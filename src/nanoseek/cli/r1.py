@@ -28,7 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from nanoseek.config import apply_overrides, resume_or_recipe_dict
+    from nanoseek.config import apply_overrides
+    from nanoseek.recipes.config import resume_or_recipe_dict
     from nanoseek.recipes.r1 import build_r1_config, run_r1
 
     data = resume_or_recipe_dict(args.resume, args.config)

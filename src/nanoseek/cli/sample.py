@@ -34,7 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     from nanoseek.config import apply_overrides
-    from nanoseek.recipes.build import build, load
+    from nanoseek.config import build, load
     from nanoseek.recipes.rejection import SampleConfig, run_sample
     from nanoseek.tasks import get_task
 

@@ -38,7 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def recipe_from_args(args):
     from nanoseek.config import apply_overrides
-    from nanoseek.recipes.build import build, load
+    from nanoseek.config import build, load
     from nanoseek.runs.rundir import RunDir
     from nanoseek.train.sft import SFTRecipe
 

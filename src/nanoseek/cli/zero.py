@@ -24,7 +24,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def resolve_config(args) -> tuple[dict, str | None, bool]:
     """The config dict for these arguments, the output directory and whether this is a resume."""
-    from nanoseek.config import apply_overrides, resume_or_recipe_dict
+    from nanoseek.config import apply_overrides
+    from nanoseek.recipes.config import resume_or_recipe_dict
 
     data = resume_or_recipe_dict(args.resume, args.config)
     out, resume = (str(args.resume), True) if args.resume else (args.out, False)
@@ -52,7 +53,7 @@ def _q(s: str) -> str:
 
 
 def run(args) -> int:
-    from nanoseek.config import build_zero_config
+    from nanoseek.recipes.config import build_zero_config
     from nanoseek.recipes.zero import run_zero
 
     data, out, resume = resolve_config(args)

@@ -29,6 +29,20 @@ from nanoseek.tokenizer import THINK_CLOSE, THINK_OPEN
 STYLES = ("r1_zero", "r1")
 
 
+@dataclass
+class EvalConfig:
+    """Held-out evaluation: pass@1 averaged over ``samples`` per problem (DeepSeek-R1 sec. 3:
+    temperature 0.6, top-p 0.95)."""
+
+    limit: int = 200
+    samples: int = 4
+    temperature: float = 0.6
+    top_p: float = 0.95
+    max_new_tokens: int = 64
+    batch_size: int = 256
+    seed: int = 1234
+
+
 def sample_seed(seed: int, problem: int, sample: int) -> int:
     """A deterministic 63-bit seed for sample ``sample`` of problem ``problem``."""
     x = (seed * 0x9E3779B97F4A7C15 + problem * 0xBF58476D1CE4E5B9 + sample * 0x94D049BB133111EB) % (1 << 64)

@@ -30,7 +30,10 @@ from pathlib import Path
 import torch
 
 from nanoseek.errors import NanoseekError
-from nanoseek.config import EvalConfig, GRPOConfig, PretrainConfig, RunConfig, TaskConfig, ZeroConfig
+from nanoseek.evaluation.evaluate import EvalConfig
+from nanoseek.rl.config import GRPOConfig
+from nanoseek.train.pretrain import PretrainConfig
+from nanoseek.recipes.config import RunConfig, TaskConfig, ZeroConfig
 from nanoseek.recipes.rejection import SampleConfig
 from nanoseek.train.sft import SFTConfig
 
@@ -61,7 +64,7 @@ class DistillConfig:
 def build_distill_config(data: dict) -> DistillConfig:
     """A ``DistillConfig`` with the R1-Zero recipe's sections filled in (keys in ``data`` win)."""
     from nanoseek.config import load_config_dict
-    from nanoseek.recipes.build import build
+    from nanoseek.config import build
 
     zero = load_config_dict(data.get("zero_recipe", "zero-cpu"))
     out = dict(data)
@@ -116,7 +119,7 @@ def evaluate_sampler(sampler, task, e: EvalConfig) -> dict:
 def run_distill(cfg: DistillConfig, out: str | None = None, resume: bool = False, command: str = "nanoseek distill") -> Path:
     """Run (or resume) the distillation recipe; return the run directory."""
     from nanoseek.atomic import atomic_write_json
-    from nanoseek.recipes.build import to_dict
+    from nanoseek.config import to_dict
     from nanoseek.runs.rundir import RunDir, default_path
     from nanoseek.recipes.rejection import build_sampler, counts_table, rejection_sample, write_jsonl
     from nanoseek.train.sft import load_policy, sft_stage

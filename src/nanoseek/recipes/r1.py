@@ -43,7 +43,10 @@ from pathlib import Path
 import torch
 
 from nanoseek.errors import NanoseekError
-from nanoseek.config import EvalConfig, GRPOConfig, PretrainConfig, RunConfig, TaskConfig, ZeroConfig
+from nanoseek.evaluation.evaluate import EvalConfig
+from nanoseek.rl.config import GRPOConfig
+from nanoseek.train.pretrain import PretrainConfig
+from nanoseek.recipes.config import RunConfig, TaskConfig, ZeroConfig
 from nanoseek.recipes.rejection import SampleConfig
 from nanoseek.train.sft import SFTConfig
 
@@ -122,7 +125,7 @@ def resolve_r1_dict(data: dict) -> dict:
 
 
 def build_r1_config(data: dict) -> R1Config:
-    from nanoseek.recipes.build import build
+    from nanoseek.config import build
 
     return build(R1Config, resolve_r1_dict(data))
 
@@ -195,7 +198,7 @@ class R1Pipeline:
         return summary["final"] if summary else None
 
     def _sft_run(self, name: str, stage_cfg) -> "RunDir":
-        from nanoseek.recipes.build import to_dict
+        from nanoseek.config import to_dict
         from nanoseek.runs.rundir import RunDir
 
         folder = self.path / name
@@ -387,7 +390,7 @@ def run_r1(cfg: R1Config, out: str | None = None, resume: bool = False, from_sta
            until: str | None = None, command: str = "nanoseek r1") -> Path:
     """Run (or resume, or redo from ``from_stage``) the R1 recipe; return the run directory."""
     from nanoseek.recipes.r1_report import write_r1_report
-    from nanoseek.recipes.build import to_dict
+    from nanoseek.config import to_dict
     from nanoseek.runs.rundir import RunDir, default_path
 
     for s in (from_stage, until):

@@ -22,7 +22,7 @@ import torch
 from nanoseek.errors import NanoseekError
 from nanoseek.atomic import atomic_dir, atomic_write_json
 from nanoseek.runs.checkpoint import load_trainer_state, load_weights_into, save_checkpoint, save_model_folder, set_rng_state, write_trainer_state
-from nanoseek.config import ZeroConfig
+from nanoseek.recipes.config import ZeroConfig
 from nanoseek.evaluation.evaluate import evaluate_policy, results_as_dicts
 from nanoseek.policy.policy import Policy
 from nanoseek.progress import Progress

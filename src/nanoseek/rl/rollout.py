@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 
 from nanoseek.errors import NanoseekError
-from nanoseek.config import GRPOConfig
+from nanoseek.rl.config import GRPOConfig
 from nanoseek.evaluation.evaluate import sample_seed, think_text
 from nanoseek.policy.generate import Completion, SamplingParams
 from nanoseek.rl.distributed import Dist

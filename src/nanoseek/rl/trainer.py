@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 
 from nanoseek.errors import NanoseekError
-from nanoseek.config import GRPOConfig
+from nanoseek.rl.config import GRPOConfig
 from nanoseek.policy.policy import Policy
 from nanoseek.train.pretrain import lr_at
 from nanoseek.rl import distributed

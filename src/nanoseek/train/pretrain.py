@@ -10,6 +10,7 @@ MTP loss (DeepSeek-V3 report sec. 2.2, eq. 25) when the model has MTP modules.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 import random
 import time
 from typing import Callable
@@ -17,7 +18,27 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from nanoseek.config import PretrainConfig
+
+@dataclass
+class PretrainConfig:
+    """Next-token pretraining of a fresh base model on the task's generated corpus.
+
+    ``think_fraction`` is the share of corpus documents that write out worked steps; the rest
+    answer directly. ``steps`` optimizer steps of ``batch_size`` documents at learning rate ``lr``
+    (AdamW, linear warm-up then cosine decay to ``lr * min_lr_ratio``).
+    """
+
+    steps: int = 600
+    batch_size: int = 64
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 30
+    weight_decay: float = 0.1
+    think_fraction: float = 0.5
+    corpus_seed: int = 7
+    grad_clip: float = 1.0
+    log_every: int = 25
+
 
 
 def lr_at(step: int, total: int, lr: float, warmup: int, min_ratio: float) -> float:

@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 
 from nanoseek.errors import NanoseekError
-from nanoseek.config import EvalConfig, RunConfig, TaskConfig
+from nanoseek.evaluation.evaluate import EvalConfig
+from nanoseek.recipes.config import RunConfig, TaskConfig
 from nanoseek.train.sft_data import SFTBatch, SFTSchedule, encode_chats, load_chat_jsonl
 
 
@@ -262,7 +263,7 @@ def load_policy(path: str, system_prompt: str | None = None):
 def run_sft(recipe: SFTRecipe, out: str | None = None, resume: bool = False, command: str = "nanoseek sft") -> Path:
     """Run (or resume) ``nanoseek sft``; return the run directory."""
     from nanoseek.runs.rundir import RunDir
-    from nanoseek.recipes.build import to_dict
+    from nanoseek.config import to_dict
 
     if not recipe.model.get("path"):
         raise NanoseekError("nanoseek sft needs --model (a run directory, checkpoint or Hugging Face folder)")

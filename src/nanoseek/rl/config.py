@@ -1,0 +1,173 @@
+"""``GRPOConfig``: every knob of the GRPO trainer, and how a named preset fills the ones left unset."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from nanoseek.errors import NanoseekError
+from nanoseek.rl.advantages import SCALES
+from nanoseek.rl.presets import PRESET_NAMES, preset
+
+
+@dataclass
+class GRPOConfig:
+    """Group Relative Policy Optimization (DeepSeekMath eq. 3; DeepSeek-R1 sec. 2.2.1).
+
+    Each step samples ``group_size`` completions for each of ``prompts_per_step`` prompts, scores
+    them with the task's rule-based rewards weighted by ``reward_weights``, turns rewards into
+    group-relative advantages and takes ``mu`` clipped policy-gradient updates (``epsilon_low``/
+    ``epsilon_high``) with a k3 KL penalty of weight ``beta`` to a frozen reference (``beta = 0``
+    loads no reference). ``ref_reset_every`` > 0 replaces the reference by the current policy every
+    that many steps (DeepSeek-R1 v2 suppl.: 400).
+
+    ``preset`` (``deepseekmath``, ``r1_zero``, ``r1_stage1``, ``dr_grpo``, ``dapo``; see
+    ``nanoseek.rl.presets``) fills every field the recipe leaves unset with that paper's value
+    (:func:`apply_grpo_preset`); fields set in the recipe win.
+
+    The remaining knobs, each off (or the plain algorithm) by default:
+
+    * ``dynamic_sampling``: DAPO sec. 3.2, drop groups whose rewards are all equal and draw more
+      prompts (at most ``dynamic_sampling_max_rounds`` rounds of ``prompts_per_step``) until the
+      batch holds ``prompts_per_step`` groups.
+    * ``mask_truncated_completions``: DAPO sec. 3.4 overlong filtering (truncated completions
+      leave the loss). ``overlong_buffer`` > 0: DAPO's soft overlong punishment
+      (``nanoseek.rewards.rules.overlong_penalty`` with ``max_length = max_new_tokens``,
+      ``cache_length = overlong_buffer``, weight ``reward_weights["overlong"]``, default 1).
+    * ``minibatches_per_step``: optimizer steps per rollout batch, each on a disjoint slice of the
+      groups (R1-Nature Methods: 16); ``grad_accumulation_steps``: micro-batches per optimizer
+      step (memory only: the update is the same up to float rounding).
+    * ``lr_schedule`` ``cosine`` (to ``lr * min_lr_ratio``; 1.0 = constant) or ``linear``, after
+      ``warmup_steps`` of linear warm-up; ``grad_clip`` (0 = off) on the global gradient norm.
+    * ``stop_strings``: completions end after the first of these strings (kept, like a stop token)
+      besides the tokenizer's stop ids; ``max_prompt_length``: longer train prompts are dropped at
+      load and counted (never truncated).
+    * ``lora_r`` > 0: train LoRA adapters (peft) on a ``transformers`` policy; the reference is
+      the base model with the adapter disabled; checkpoints hold the adapter only.
+    * ``expert_bias_update``: keep updating DeepSeekMoE's balancing bias during RL (off: routing
+      must not drift between the old, reference and current policy).
+    * ``fast_rollout`` / ``share_prompt``: for Llama-family ``transformers`` policies, sample with
+      ``nanoseek.policy.generate_static`` and score each prompt once per group
+      (``nanoseek.model.hf_fast``); same numbers as the plain paths up to float rounding.
+    * ``report_to``: also log to ``tensorboard`` and/or ``wandb`` (skipped when not installed).
+    """
+
+    steps: int = 100
+    prompts_per_step: int = 16
+    group_size: int = 8
+    lr: float = 1e-3
+    min_lr_ratio: float = 1.0
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    beta: float = 0.0
+    epsilon_low: float = 0.2
+    epsilon_high: float | None = None
+    loss_type: str = "grpo"
+    scale_rewards: str = "std"
+    mu: int = 1
+    ref_reset_every: int = 0
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    grad_clip: float = 1.0
+    reward_weights: dict = field(default_factory=lambda: {"accuracy": 1.0, "format": 0.5})
+    eval_every: int = 25
+    max_prompt_length: int = 512
+    mask_truncated_completions: bool = False  # DAPO overlong filtering (DAPO sec. 3.4)
+    log_samples: int = 4
+    preset: str | None = None
+    kl_importance_weight: bool = False  # plain k3 (DeepSeekMath eq. 4); True: DeepSeek-V3.2 / TRL 1.16
+    dynamic_sampling: bool = False  # DAPO sec. 3.2
+    dynamic_sampling_max_rounds: int = 10  # verl DAPO recipe max_num_gen_batches
+    overlong_buffer: int = 0  # DAPO sec. 3.4 soft overlong punishment interval (DAPO sec. 4.1: 4096)
+    minibatches_per_step: int = 1
+    grad_accumulation_steps: int = 1
+    lr_schedule: str = "cosine"
+    stop_strings: list = field(default_factory=list)
+    lora_r: int = 0
+    lora_alpha: float = 32.0
+    lora_dropout: float = 0.0
+    lora_targets: list = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                                        "down_proj"])
+    expert_bias_update: bool = False
+    fast_rollout: bool = True
+    share_prompt: bool = True
+    report_to: list = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "GRPOConfig":
+        """Build from a ``[grpo]`` table, ``preset`` applied (``GRPOConfig(preset=...)`` alone does not)."""
+        return cls(**apply_grpo_preset(dict(data)))
+
+    @classmethod
+    def fill_defaults(cls, data: dict) -> dict:
+        """``data`` with ``preset``'s values in the keys it leaves unset (``nanoseek.config.build``'s hook)."""
+        return apply_grpo_preset(data)
+
+    def __post_init__(self):
+        if self.group_size < 2:
+            raise NanoseekError(f"grpo.group_size must be >= 2 (a group of one has no relative advantage), got {self.group_size}")
+        if self.loss_type not in ("grpo", "bnpo", "dr_grpo", "dapo"):
+            raise NanoseekError(f"grpo.loss_type must be one of grpo, bnpo, dr_grpo, dapo; got {self.loss_type!r}")
+        if self.mu < 1:
+            raise NanoseekError(f"grpo.mu must be >= 1, got {self.mu}")
+        if self.preset is not None and self.preset not in PRESET_NAMES:
+            raise NanoseekError(f"grpo.preset must be one of {', '.join(PRESET_NAMES)}; got {self.preset!r}")
+        if self.scale_rewards not in SCALES:
+            raise NanoseekError(f"grpo.scale_rewards must be one of {', '.join(SCALES)}; got {self.scale_rewards!r}")
+        if self.lr_schedule not in ("cosine", "linear"):
+            raise NanoseekError(f"grpo.lr_schedule must be cosine or linear; got {self.lr_schedule!r}")
+        for name in ("minibatches_per_step", "grad_accumulation_steps", "dynamic_sampling_max_rounds", "prompts_per_step"):
+            if getattr(self, name) < 1:
+                raise NanoseekError(f"grpo.{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.overlong_buffer <= self.max_new_tokens:
+            raise NanoseekError(f"grpo.overlong_buffer must be in [0, max_new_tokens={self.max_new_tokens}], "
+                                f"got {self.overlong_buffer}")
+        bad = [r for r in self.report_to if r not in ("tensorboard", "wandb")]
+        if bad:
+            raise NanoseekError(f"grpo.report_to: unknown logger(s) {bad}; known: tensorboard, wandb")
+        if self.lora_r < 0:
+            raise NanoseekError(f"grpo.lora_r must be >= 0, got {self.lora_r}")
+        if not all(isinstance(s, str) and s for s in self.stop_strings):
+            raise NanoseekError(f"grpo.stop_strings must be non-empty strings, got {self.stop_strings!r}")
+
+
+# preset key (nanoseek.rl.presets) -> GRPOConfig field. Left out on purpose: run-length and batch
+# keys a CPU recipe must choose itself (total_steps, batch_size), conventions fixed in the code
+# (std_unbiased, kl_estimator: k3).
+_PRESET_FIELDS = {
+    "group_size": "group_size", "scale": "scale_rewards", "loss_type": "loss_type", "epsilon_low": "epsilon_low",
+    "epsilon_high": "epsilon_high", "beta": "beta", "kl_importance_weight": "kl_importance_weight", "lr": "lr",
+    "temperature": "temperature", "max_completion_length": "max_new_tokens", "num_iterations": "mu",
+    "ref_reset_every": "ref_reset_every", "dynamic_sampling": "dynamic_sampling",
+    "overlong_filtering": "mask_truncated_completions", "questions_per_step": "prompts_per_step",
+    "minibatches_per_rollout": "minibatches_per_step",
+}
+
+
+def apply_grpo_preset(data: dict) -> dict:
+    """A ``[grpo]`` table with ``preset``'s values filled into the keys it does not set.
+
+    Sources of every value: ``nanoseek.rl.presets.preset_sources(name)``. ``ref_reset_every: None``
+    becomes 0 (fixed reference); the soft overlong punishment becomes ``overlong_buffer`` (scaled to
+    the recipe's ``max_new_tokens`` when it sets its own, e.g. 64 tokens -> a buffer of 13).
+    Returns a new dict; ``data`` without a preset is returned unchanged.
+    """
+    name = data.get("preset")
+    if name is None:
+        return data
+    if name not in PRESET_NAMES:
+        raise NanoseekError(f"grpo.preset must be one of {', '.join(PRESET_NAMES)}; got {name!r}")
+    values = preset(name)
+    out = dict(data)
+    for key, fld in _PRESET_FIELDS.items():
+        if key in values and fld not in out:
+            v = values[key]
+            if fld == "ref_reset_every" and v is None:
+                v = 0
+            if v is not None:
+                out[fld] = v
+    if "overlong_buffer" not in out and values.get("soft_overlong_punishment"):
+        buf, length = values["overlong_buffer"], values["max_completion_length"]
+        # a recipe with its own max_new_tokens keeps DAPO's proportion (4,096 of 20,480 tokens)
+        out["overlong_buffer"] = buf if out["max_new_tokens"] == length else round(out["max_new_tokens"] * buf / length)
+    return out
