@@ -19,7 +19,7 @@ import torch
 from bench_generate import CONFIG, bench_model
 
 from nanoseek.model import cpu_kernels
-from nanoseek.model.decode import _rms, rope_matrix
+from nanoseek.model.decode import fast_decoder, fast_rms_norm, rope_matrix
 
 
 def main() -> None:
@@ -44,7 +44,7 @@ def main() -> None:
         ids = torch.randint(1, CONFIG["vocab_size"], (B, P))
         cache = model(ids, attention_mask=torch.ones(B, P, dtype=torch.long), past_key_values=model.new_cache(B, P + 64),
                       use_cache=True, logits_to_keep=1).past_key_values
-        dec = model.fast_decoder()
+        dec = fast_decoder(model)
         tok = torch.randint(1, CONFIG["vocab_size"], (B,))
         pos = torch.full((B, 1), P)
         real = torch.ones(B, 1, dtype=torch.bool)
@@ -61,8 +61,8 @@ def main() -> None:
             cos, sin = dec.rotary(pos)
             rot = rope_matrix(cos[:, 0], sin[:, 0], dec.config.rope_interleave)
             for L in dec.layers:
-                h = h + timed("attention", dec._attention, L, _rms(h, L.input_norm, dec.kernels), rot, bias, cache)
-                x = _rms(h, L.post_norm, dec.kernels)
+                h = h + timed("attention", dec._attention, L, fast_rms_norm(h, L.input_norm, dec.kernels), rot, bias, cache)
+                x = fast_rms_norm(h, L.post_norm, dec.kernels)
                 if L.dense is not None:
                     h = h + timed("dense FFN", L.dense, x)
                     continue
@@ -71,7 +71,7 @@ def main() -> None:
                 idx, w = timed("top-k routing", L.moe.gate.select, g[:, : L.moe.n_experts].sigmoid())
                 h = h + timed("routed experts", L.moe.routed, x, idx, w) + y
             cache.advance(real)
-            logits = timed("output head", dec.logits, _rms(h, dec.final_norm, dec.kernels)[:, None])[:, -1]
+            logits = timed("output head", dec.logits, fast_rms_norm(h, dec.final_norm, dec.kernels)[:, None])[:, -1]
             best, tok = timed("greedy + log-probs", lambda: logits.max(-1))
             timed("greedy + log-probs", lambda: best - logits.logsumexp(-1))
             pos = pos + 1

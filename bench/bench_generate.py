@@ -30,7 +30,6 @@ import torch
 
 from nanoseek.policy.generate import SamplingParams, generate
 from nanoseek.model import DeepseekV3ForCausalLM, ModelConfig, cpu_kernels
-from nanoseek.model.hf import save_pretrained
 
 CONFIG = dict(
     vocab_size=32000, hidden_size=512, intermediate_size=1536, moe_intermediate_size=128, num_hidden_layers=8,
@@ -116,7 +115,7 @@ def main() -> None:
         tmp = tempfile.TemporaryDirectory()  # kept until the end: the loaded weights may map its file
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            save_pretrained(model, tmp.name)
+            model.save_pretrained(tmp.name)
             hf = transformers.AutoModelForCausalLM.from_pretrained(tmp.name, dtype=torch.float32).eval()
         ids = torch.tensor(prompts)
         kw = dict(do_sample=False, pad_token_id=0, eos_token_id=None)

@@ -119,7 +119,7 @@ def run_nanoseek(hf, tok, task, examples, steps: int, warmup: int) -> list[dict]
                      loss_type="grpo", mu=1, lr=1e-6, temperature=1.0, reward_weights={"accuracy": 1.0, "format": 0.5})
     tr = GRPOTrainer(policy, ListTask(task, examples), cfg, seed=0)
     tr.alarms.enabled = False
-    tr.sampler.suppress_token_ids = list(policy.stop_ids)  # exactly NEW tokens, as on the TRL side
+    tr.collector.suppress_token_ids = list(policy.stop_ids)  # exactly NEW tokens, as on the TRL side
     out = []
     for s in range(steps + warmup):
         t = time.perf_counter()

@@ -31,7 +31,7 @@ from pathlib import Path
 def tiny_checkpoint(folder: Path) -> Path:
     import torch
 
-    from nanoseek.runs.checkpoint import save_model_folder
+    from nanoseek.model.hf import save_model
     from nanoseek.model import DeepseekV3ForCausalLM, ModelConfig
     from nanoseek.tokenizer import build_tokenizer
 
@@ -40,7 +40,7 @@ def tiny_checkpoint(folder: Path) -> Path:
     cfg = ModelConfig.tiny(vocab_size=len(tok), num_nextn_predict_layers=0, bos_token_id=tok.bos_token_id,
                            eos_token_id=tok.eos_token_id)
     folder.mkdir(parents=True, exist_ok=True)
-    save_model_folder(folder, DeepseekV3ForCausalLM(cfg), tok)
+    save_model(DeepseekV3ForCausalLM(cfg), folder, tok)
     return folder
 
 

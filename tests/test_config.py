@@ -4,14 +4,14 @@ import pytest
 
 from nanoseek.errors import NanoseekError
 from nanoseek.config import apply_overrides, load_config_dict
-from nanoseek.recipes.config import build_zero_config
+from nanoseek.recipes.config import ModelSource, build_zero_config, recipe_dict
 
 
 def test_builtin_recipe_loads():
     cfg = build_zero_config(load_config_dict("zero-cpu"))
     assert cfg.task.name == "chain"
     assert cfg.eval.temperature == 0.6 and cfg.eval.top_p == 0.95 and cfg.eval.samples >= 4
-    assert cfg.model["hidden_size"] > 0
+    assert cfg.model.config["hidden_size"] > 0 and cfg.model.path is None
 
 
 def test_unknown_key_is_named():
@@ -42,3 +42,17 @@ def test_wrong_value_type_is_named():
         build_zero_config({"run": {"seed": 1.5}})
     cfg = build_zero_config({"eval": {"temperature": 1}, "grpo": {"epsilon_high": None}})
     assert cfg.eval.temperature == 1.0 and isinstance(cfg.eval.temperature, float)
+
+
+def test_model_table_is_a_path_or_fresh_model_fields_and_is_written_back_as_read():
+    data = load_config_dict("zero-cpu")
+    cfg = build_zero_config(data)
+    assert recipe_dict(cfg)["model"] == data["model"]  # config.toml holds [model] as the recipe gave it
+    cfg = build_zero_config({**data, "model": {"path": "runs/x"}})
+    assert cfg.model == ModelSource(path="runs/x") and recipe_dict(cfg)["model"] == {"path": "runs/x"}
+    both = {**data["model"], "path": "runs/x"}
+    assert ModelSource.from_table(both).to_table() == both
+    with pytest.raises(NanoseekError, match=r"config key model must be dict, got 'runs/x'"):
+        build_zero_config({"model": "runs/x"})
+    with pytest.raises(NanoseekError, match=r"config key model\.path must be str"):
+        build_zero_config({"model": {"path": 3}})

@@ -147,7 +147,9 @@ def test_failed_build_warns_and_turns_the_kernel_off(fresh_library, monkeypatch)
 # ----------------------------------------------------------------------------- MLA attention kernel
 from test_decode import assert_same_steps, build, decode_tokens, padded_batch, run  # noqa: E402
 
-from nanoseek.model.decode import FastDecoder  # noqa: E402
+from nanoseek.model.attention import RMSNorm  # noqa: E402
+from nanoseek.model.decode import FastDecoder, decode_step, rope_matrix  # noqa: E402
+from nanoseek.model.moe import TopkRouter  # noqa: E402
 
 KERNEL_ATTENTION = {  # head counts and widths the kernel takes (16k heads; c, d_rope, d_v multiples of 16)
     "16_heads": dict(num_attention_heads=16, num_key_value_heads=16, qk_rope_head_dim=16, v_head_dim=16,
@@ -202,7 +204,6 @@ def test_attention_kernel_equals_torch_attention_long_cache(attention_calls):
         assert L.c_kernel
         x = torch.randn(4, m.config.hidden_size, generator=g)
         cos, sin = dec.rotary(torch.full((4, 1), 300))
-        from nanoseek.model.decode import rope_matrix
         rot = rope_matrix(cos[:, 0], sin[:, 0], m.config.rope_interleave)
         bias = torch.zeros(4, 1, 301)
         bias[:, 0, :300].masked_fill_(~cache.mask[:, :300], float("-inf"))
@@ -227,8 +228,6 @@ def test_attention_kernel_not_used_where_it_does_not_apply(attention_calls):
 
 def test_rms_norm_kernel_equals_module():
     """cpu_kernels.rms_norm equals RMSNorm.forward, on contiguous and on strided rows."""
-    from nanoseek.model.attention import RMSNorm
-
     g = torch.Generator().manual_seed(5)
     norm = RMSNorm(144, eps=1e-6)
     with torch.no_grad():
@@ -273,7 +272,6 @@ def test_attention_kernel_takes_a_trimmed_cache(attention_calls):
     tokens = decode_tokens(3, 4)
     results = []
     for fast in (True, False):
-        m.use_fast_decode = fast
         with torch.no_grad():
             cache = m(ids, attention_mask=mask, use_cache=True).past_key_values
             cache.trim_left(3)
@@ -281,27 +279,60 @@ def test_attention_kernel_takes_a_trimmed_cache(attention_calls):
             full, steps = mask[:, 3:], []
             for t in range(4):
                 full = torch.cat([full, torch.ones(3, 1, dtype=torch.long)], 1)
-                out = m(tokens[t][:, None], attention_mask=full, past_key_values=cache, use_cache=True)
+                if fast:
+                    out = decode_step(m, tokens[t][:, None], attention_mask=full, past_key_values=cache)
+                else:
+                    out = m(tokens[t][:, None], attention_mask=full, past_key_values=cache, use_cache=True)
                 cache = out.past_key_values
                 steps.append(out.logits[:, 0])
         results.append(torch.stack(steps))
-    m.use_fast_decode = True
     assert len(attention_calls) == 4 * m.config.num_hidden_layers
     torch.testing.assert_close(results[0], results[1], atol=1e-5, rtol=0)
 
 
 def test_autocast_bfloat16_keeps_the_torch_attention(attention_calls):
-    """Under CPU autocast the decode step's query is bfloat16: the kernel must not read it as float32."""
+    """Under CPU autocast decode_step runs forward: autocast picks each op's precision, and the fast
+    path's fused, reordered products would round differently, which in an MoE decides near-ties
+    between experts differently (the logits of a token then jump; issue 19 item 7). So autocast
+    decoding gives forward's logits exactly, and the C attention kernel never sees the bfloat16 query."""
     m = build(**KERNEL_ATTENTION["16_heads"])
     ids, mask = padded_batch()
     tokens = decode_tokens(3, 3)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        fast = run(m, True, ids, mask, tokens)
+        fast = run(m, True, ids, mask, tokens, expect_decoder=False)
         slow = run(m, False, ids, mask, tokens)
     assert attention_calls == []
-    for (lf, _), (ls, _) in zip(fast, slow):
+    for (lf, ef), (ls, es) in zip(fast, slow):
         assert torch.isfinite(lf).all()
-        assert (lf - ls).abs().max() < 0.05 * ls.abs().max()
+        assert torch.equal(lf, ls) and torch.equal(ef, es)
+    # outside autocast the same model decodes through the fast path and the C attention again
+    run(m, True, ids, mask, tokens)
+    assert len(attention_calls) == 3 * m.config.num_hidden_layers
+    # the fast step itself, called under autocast, still keeps the bfloat16 query away from the kernel
+    attention_calls.clear()
+    with torch.no_grad():
+        cache = m(ids, attention_mask=mask, use_cache=True).past_key_values
+        dec = FastDecoder(m)
+        full = torch.cat([mask.bool(), torch.ones(3, 1, dtype=torch.bool)], 1)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            new_mask, pos = m.token_inputs(tokens[0][:, None], full, None, cache)
+            h, _ = dec.forward(tokens[0][:, None], new_mask, pos, cache)
+    assert attention_calls == [] and torch.isfinite(dec.logits(h)).all()
+
+
+def test_router_gates_in_float32_under_autocast():
+    """The router's affinities stay float32 under bfloat16 autocast (V3 §3.3: gating in high
+    precision; TopkRouter's contract), equal to the float32 computation without autocast."""
+    m = build(**KERNEL_ATTENTION["16_heads"])
+    gate = m.moe_layers()[0].gate
+    assert isinstance(gate, TopkRouter)
+    x = torch.randn(12, m.config.hidden_size, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        want, want_idx, want_w = gate(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got, idx, w = gate(x)
+    assert got.dtype == torch.float32 and w.dtype == torch.float32
+    assert torch.equal(got, want) and torch.equal(idx, want_idx) and torch.equal(w, want_w)
 
 
 @pytest.mark.parametrize("value", ["false", "OFF", "no"])

@@ -42,7 +42,7 @@ def _run(name: str, dist: Dist):
     policy = make()
     tr = GRPOTrainer(policy, task(), toy_config(lr=1e-4, grad_clip=0.0, **kw), seed=3, dist=dist)
     metrics = [tr.step(s)[0] for s in range(STEPS)]
-    later = tr.sampler.collect(STEPS, 0).local  # this rank's groups, by stream position
+    later = tr.collector.collect(STEPS, 0).local  # this rank's groups, by stream position
     return flat_params(policy.model), metrics, {g.pos: [c.token_ids for c in g.completions] for g in later}
 
 

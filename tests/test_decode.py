@@ -1,5 +1,6 @@
-"""The fast one-token decode path (model/decode.py) is exact: it equals the module path across the
-config space, is really used, follows weight changes, steps aside for hooks/adapters, survives
+"""The fast one-token decode path (model/decode.py) is exact: ``decode_step`` equals the model's
+forward (the reference path) across the config space, is really used (and only when asked for:
+forward never switches to it), follows weight changes, steps aside for hooks/adapters, survives
 copies, packs the output head, decodes merged caches, and its grouped MoE equals the reference."""
 
 import copy
@@ -14,7 +15,7 @@ from nanoseek.model import DeepseekV3ForCausalLM, ModelConfig
 from nanoseek.model import cpu_kernels
 from nanoseek.model import decode as decode_mod
 from nanoseek.model.attention import MLACache, MultiHeadLatentAttention, RMSNorm, apply_rope
-from nanoseek.model.decode import FastDecoder, rope_matrix
+from nanoseek.model.decode import FastDecoder, decode_step, fast_decoder, rope_matrix
 from nanoseek.model.moe import MoE
 
 V = 67
@@ -68,30 +69,28 @@ def decode_tokens(B: int, steps: int, seed: int = 2) -> torch.Tensor:
 
 
 def run(model, fast: bool, ids, mask, tokens, new_masks=None, expect_decoder=None):
-    """Prefill (module path), then feed ``tokens[t]`` one step at a time with ``use_fast_decode=fast``;
-    checks after each step that a FastDecoder is in use exactly when ``expect_decoder`` (default: ``fast``;
-    "any": not checked).
+    """Prefill (forward), then feed ``tokens[t]`` one step at a time: through ``decode_step`` with
+    ``fast``, else through ``forward`` (the reference path). With ``fast``, checks after each step
+    that a FastDecoder is in use exactly when ``expect_decoder`` (default True; "any": not checked).
     Returns ``[(logits [B, V], expert_load), ...]`` per decode step."""
     expect_decoder = fast if expect_decoder is None else expect_decoder
-    model.use_fast_decode = fast
-    try:
-        with torch.no_grad():
-            out = model(ids, attention_mask=mask, use_cache=True)
-            cache, full, steps = out.past_key_values, mask, []
-            for t in range(tokens.shape[0]):
-                nm = torch.ones(ids.shape[0], dtype=torch.long) if new_masks is None else new_masks[t]
-                full = torch.cat([full, nm[:, None]], dim=1)
+    with torch.no_grad():
+        out = model(ids, attention_mask=mask, use_cache=True)
+        cache, full, steps = out.past_key_values, mask, []
+        for t in range(tokens.shape[0]):
+            nm = torch.ones(ids.shape[0], dtype=torch.long) if new_masks is None else new_masks[t]
+            full = torch.cat([full, nm[:, None]], dim=1)
+            if fast:
+                out = decode_step(model, tokens[t][:, None], attention_mask=full, past_key_values=cache)
+            else:
                 out = model(tokens[t][:, None], attention_mask=full, past_key_values=cache, use_cache=True)
-                assert out.logits.shape == (ids.shape[0], 1, V) and out.hidden_states.shape[1] == 1
-                if expect_decoder == "any":
-                    pass
-                elif expect_decoder:
-                    assert isinstance(model._fast_decoder, FastDecoder)
+            assert out.logits.shape == (ids.shape[0], 1, V) and out.hidden_states.shape[1] == 1
+            if fast and expect_decoder != "any":
+                if expect_decoder:
+                    assert isinstance(model.decode_snapshot, FastDecoder)
                 else:
-                    assert model._fast_decoder is None
-                steps.append((out.logits[:, 0], out.expert_load))
-    finally:
-        model.use_fast_decode = True
+                    assert model.decode_snapshot is None
+            steps.append((out.logits[:, 0], out.expert_load))
     return steps
 
 
@@ -211,51 +210,61 @@ def attn_calls(monkeypatch):
     return calls
 
 
-def one_step(m, cache_len: int = 5, token: int = 3, **kw):
-    """Prefill [2, cache_len] tokens, then one decode step; returns the step's output."""
+def one_step(m, cache_len: int = 5, token: int = 3, fast: bool = True):
+    """Prefill [2, cache_len] tokens, then one decode step (``decode_step`` with ``fast``, else the
+    model's forward); returns the step's output."""
     ids = torch.arange(1, 2 * cache_len + 1).view(2, cache_len) % V
     cache = m(ids, use_cache=True).past_key_values
-    return m(torch.full((2, 1), token), past_key_values=cache, use_cache=True, **kw)
+    if fast:
+        return decode_step(m, torch.full((2, 1), token), past_key_values=cache)
+    return m(torch.full((2, 1), token), past_key_values=cache, use_cache=True)
 
 
 def test_fast_path_is_used(attn_calls):
-    """The decode step runs FastDecoder (no module attention), reuses it, and only where it applies."""
+    """decode_step runs FastDecoder (no module attention), reuses it, and only where it applies;
+    forward never switches to it."""
     m = build()
     L = m.config.num_hidden_layers
     with torch.no_grad():
         one_step(m)
         assert len(attn_calls) == L  # the prefill only
-        dec = m._fast_decoder
+        dec = m.decode_snapshot
         assert isinstance(dec, FastDecoder)
         one_step(m)
-        assert m._fast_decoder is dec and m.fast_decoder() is dec  # one snapshot, not one per step
+        assert m.decode_snapshot is dec and fast_decoder(m) is dec  # one snapshot, not one per step
         assert len(attn_calls) == 2 * L
+        attn_calls.clear()
+        one_step(m, fast=False)  # forward is the plain reference path, also for a one-token cached step
+        assert len(attn_calls) == 2 * L and m.decode_snapshot is dec
         m.use_fast_decode = False
         attn_calls.clear()
         one_step(m)
-        assert m._fast_decoder is None and m.fast_decoder() is None and len(attn_calls) == 2 * L
+        assert m.decode_snapshot is None and fast_decoder(m) is None and len(attn_calls) == 2 * L
         m.use_fast_decode = True
-        attn_calls.clear()
-        one_step(m, return_mtp=True)  # MTP needs the module path
-        assert len(attn_calls) == 2 * L
         attn_calls.clear()
         with torch.inference_mode():
             one_step(m)
-        assert len(attn_calls) == L and isinstance(m._fast_decoder, FastDecoder)
+        assert len(attn_calls) == L and isinstance(m.decode_snapshot, FastDecoder)
+        attn_calls.clear()
+        h = m.register_forward_hook(lambda mod, i, o: None)  # a hook on the model itself must fire
+        one_step(m)
+        assert len(attn_calls) == 2 * L and fast_decoder(m) is None
+        h.remove()
     attn_calls.clear()
     one_step(m)  # with gradient: module path, and the logits carry a graph
     assert len(attn_calls) == 2 * L
     # attn_impl="naive" (config) keeps the module path, also when switched after a snapshot was made
     with torch.no_grad():
+        assert isinstance(fast_decoder(m), FastDecoder)
         m.config.attn_impl = "naive"
-        assert m.fast_decoder() is None and m._fast_decoder is None
+        assert fast_decoder(m) is None and m.decode_snapshot is None
         m.config.attn_impl = "auto"
-        assert isinstance(m.fast_decoder(), FastDecoder)
+        assert isinstance(fast_decoder(m), FastDecoder)
         naive = build(attn_impl="naive")
-        assert naive.fast_decoder() is None
+        assert fast_decoder(naive) is None
         attn_calls.clear()
         one_step(naive)
-        assert len(attn_calls) == 2 * L and naive._fast_decoder is None
+        assert len(attn_calls) == 2 * L and naive.decode_snapshot is None
 
 
 def test_grad_step_output_is_differentiable():
@@ -273,16 +282,15 @@ def test_snapshot_rebuilt_after_weight_change():
     ids, mask = padded_batch()
     tokens = decode_tokens(3, 3)
     before = run(m, True, ids, mask, tokens)
-    dec = m._fast_decoder
+    dec = m.decode_snapshot
 
     def check_rebuilt(prev_dec, prev_steps):
         fast = run(m, True, ids, mask, tokens)
-        new_dec = m._fast_decoder
+        new_dec = m.decode_snapshot
         assert isinstance(new_dec, FastDecoder) and new_dec is not prev_dec
         assert_same_steps(fast, run(m, False, ids, mask, tokens))
         assert (logits_of(fast) - logits_of(prev_steps)).abs().max() > 1e-3  # the change mattered
-        run(m, True, ids, mask, tokens)  # (run(False) dropped it; build it again for the next check)
-        return m._fast_decoder, fast
+        return m.decode_snapshot, fast
 
     with torch.no_grad():
         m.model.layers[0].self_attn.o_proj.weight.mul_(2)
@@ -309,7 +317,7 @@ def test_snapshot_rebuilt_after_weight_change():
     load = before[0][1]
     m.update_expert_bias(load)
     fast = run(m, True, ids, mask, tokens)
-    assert m._fast_decoder is dec
+    assert m.decode_snapshot is dec
     assert_same_steps(fast, run(m, False, ids, mask, tokens))
     assert not torch.equal(fast[0][1], load)  # the new bias moved tokens to other experts
 
@@ -338,14 +346,14 @@ def test_hooks_and_adapters_disable_fast_path():
     attn = m.model.layers[0].self_attn
 
     def check_disabled(changed: bool = True):
-        assert m.fast_decoder() is None
+        assert fast_decoder(m) is None
         fast = run(m, True, ids, mask, tokens, expect_decoder=False)
         assert_same_steps(fast, run(m, False, ids, mask, tokens))
         diff = (logits_of(fast) - logits_of(base)).abs().max()
         assert diff > 1e-3 if changed else diff < ATOL
 
     def check_enabled():  # also leaves a live snapshot, so the next change must be noticed by is_current
-        assert isinstance(m.fast_decoder(), FastDecoder)
+        assert isinstance(fast_decoder(m), FastDecoder)
         assert_same_steps(run(m, True, ids, mask, tokens), base)
 
     h = attn.q_a_proj.register_forward_hook(lambda mod, i, o: o + 0.5)
@@ -379,8 +387,8 @@ def test_hooks_and_adapters_disable_fast_path():
         h.remove()
     check_enabled()
 
-    m.use_fast_decode = False  # drop the snapshot first (see test_known_gap_lm_head_hook_after_snapshot)
-    assert m.fast_decoder() is None
+    m.use_fast_decode = False  # drop the snapshot first (see test_lm_head_hook_after_snapshot)
+    assert fast_decoder(m) is None
     m.use_fast_decode = True
     h = m.lm_head.register_forward_hook(lambda mod, i, o: o + 1.0)
     check_disabled()
@@ -389,28 +397,28 @@ def test_hooks_and_adapters_disable_fast_path():
 
 
 def test_copies_do_not_carry_snapshot():
-    """deepcopy and torch.save/load drop ``_fast_decoder``; the copies decode identically, independently."""
+    """deepcopy and torch.save/load drop ``decode_snapshot``; the copies decode identically, independently."""
     m = build()
     ids, mask = padded_batch()
     tokens = decode_tokens(3, 3)
     ref = run(m, True, ids, mask, tokens)
-    dec = m._fast_decoder
+    dec = m.decode_snapshot
     assert isinstance(dec, FastDecoder)
     buf = io.BytesIO()
     torch.save(m, buf)
     buf.seek(0)
     loaded = torch.load(buf, weights_only=False)
     for c in (copy.deepcopy(m), loaded):
-        assert "_fast_decoder" not in c.__dict__ and c.use_fast_decode
-        assert m._fast_decoder is dec  # the original keeps its own
+        assert c.decode_snapshot is None and c.use_fast_decode
+        assert m.decode_snapshot is dec  # the original keeps its own
         got = run(c, True, ids, mask, tokens)
-        assert c._fast_decoder is not dec
+        assert isinstance(c.decode_snapshot, FastDecoder) and c.decode_snapshot is not dec
         assert_same_steps(got, ref)
         with torch.no_grad():  # the copy's snapshot follows the copy's weights, the original's stays
             c.model.layers[0].self_attn.o_proj.weight.mul_(2)
         assert (logits_of(run(c, True, ids, mask, tokens)) - logits_of(ref)).abs().max() > 1e-3
     assert_same_steps(run(m, True, ids, mask, tokens), ref)
-    assert m._fast_decoder is dec
+    assert m.decode_snapshot is dec
 
 
 @pytest.mark.parametrize("interleave", [True, False])
@@ -437,8 +445,7 @@ def test_rope_matrix_equals_apply_rope(interleave):
 def test_mkl_packed_head():
     """The head is packed once a batch size lasts; packed and re-packed logits still equal the module path."""
     m = build()
-    ref = copy.deepcopy(m)
-    ref.use_fast_decode = False
+    ref = copy.deepcopy(m)  # decoded through forward, the reference path
     n = decode_mod._REPACK_AFTER
     ids, mask = padded_batch()
     toks = decode_tokens(3, 2 * n + 3, seed=7)
@@ -451,10 +458,10 @@ def test_mkl_packed_head():
             nonlocal t
             tok = toks[t, : cf.batch_size, None]
             t += 1
-            a = m(tok, past_key_values=cf, use_cache=True).logits
+            a = decode_step(m, tok, past_key_values=cf).logits
             b = ref(tok, past_key_values=cr, use_cache=True).logits
             torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
-            return m._fast_decoder
+            return m.decode_snapshot
 
         for i in range(n + 1):
             dec = step()
@@ -489,8 +496,8 @@ def test_cache_merge_trim_and_decode():
     def step(cache, tokens):
         mask = torch.cat([cache.mask[:, : cache.length], torch.ones(cache.batch_size, 1, dtype=torch.bool)], 1)
         with torch.no_grad():  # as the server runner does: explicit positions from n_real
-            out = m(torch.tensor(tokens)[:, None], attention_mask=mask.long(), position_ids=cache.n_real[:, None],
-                    past_key_values=cache, use_cache=True)
+            out = decode_step(m, torch.tensor(tokens)[:, None], attention_mask=mask.long(),
+                              position_ids=cache.n_real[:, None], past_key_values=cache)
         return out.logits[:, 0]
 
     def scenario(fast):
@@ -596,14 +603,15 @@ def test_moe_grouped_mm_equals_reference(monkeypatch):
 
 
 def test_greedy_generation_fast_equals_module():
-    """Greedy generate gives the same tokens with and without the fast path; batched equals one by one."""
+    """Greedy generate gives the same tokens with and without the fast path (``use_fast_decode``);
+    batched equals one by one."""
     m = build()
     with torch.no_grad():
         m.lm_head.weight.mul_(50)  # clear margins: greedy choices are not decided by float noise
     prompts = [[3, 7, 11, 2], [5], [9, 9, 1, 4, 4, 8, 2], [12, 13]]
     params = SamplingParams(max_new_tokens=10, temperature=0)
     fast = generate(m, prompts, params, pad_token_id=0)
-    dec = m._fast_decoder
+    dec = m.decode_snapshot
     assert isinstance(dec, FastDecoder)
     m.use_fast_decode = False
     slow = generate(m, prompts, params, pad_token_id=0)
@@ -633,7 +641,7 @@ def test_greedy_generation_fast_equals_module():
 def snapshot(m):
     """Decode once with the fast path, so that a FastDecoder snapshot is held."""
     run(m, True, *padded_batch(), decode_tokens(3, 1))
-    assert isinstance(m._fast_decoder, FastDecoder)
+    assert isinstance(m.decode_snapshot, FastDecoder)
 
 
 def fast_vs_module(m):

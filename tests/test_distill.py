@@ -20,12 +20,12 @@ def _params(fields: dict) -> int:
 def test_cpu_student_is_dense_and_at_most_a_quarter_of_the_teacher():
     data = load_config_dict("distill-cpu")
     cfg = build_distill_config({**data, "teacher": "t"})
-    student = ModelConfig.from_dict({**cfg.student, "vocab_size": 263})
+    student = ModelConfig.from_dict({**cfg.student.config, "vocab_size": 263})
     assert not any(student.is_moe_layer(i) for i in range(student.num_hidden_layers))  # every layer dense
     model = DeepseekV3ForCausalLM(student)
     assert not model.moe_layers()
     teacher = load_config_dict("zero-cpu")["model"]
-    assert _params(cfg.student) <= 0.25 * _params(teacher)
+    assert _params(cfg.student.config) <= 0.25 * _params(teacher)
 
 
 def test_config_needs_a_teacher_and_inherits_the_zero_recipe():

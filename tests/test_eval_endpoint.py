@@ -13,7 +13,7 @@ import pytest
 from nanoseek.errors import NanoseekError
 from nanoseek.evaluation.endpoint import EndpointConfig
 from nanoseek.evaluation.run import EndpointSampler, EvalSettings, run_evaluation
-from nanoseek.evaluation.evaluate import sample_seed
+from nanoseek.evaluation.evaluate import completion_seed
 from nanoseek.tasks.base import R1_MATH_INSTRUCTION
 
 SEED, K, MODEL = 1234, 4, "planted-model"
@@ -134,7 +134,7 @@ def server(data_dir):
         for i, row in enumerate(table):
             for j, plant in enumerate(row):
                 user = f"{examples[i].prompt.strip()}\n{R1_MATH_INSTRUCTION}"
-                planted[(user, sample_seed(SEED, i, j))] = plant
+                planted[(user, completion_seed(SEED, i, j))] = plant
     s = FakeServer(planted)
     yield s
     s.stop()

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-pytest.importorskip("nanoseek.model.hf")
+pytest.importorskip("nanoseek.model.load")
 pytest.importorskip("nanoseek.policy.generate")
 
 ARGS = ["--task", "gsm8k", "--limit", "3", "--samples", "2", "--max-tokens", "12"]
@@ -36,7 +36,7 @@ def run_dir(tmp_path_factory):
 def test_eval_run_dir_matches_evaluate_policy(run_dir, tmp_path, data_dir, monkeypatch):
     from nanoseek.cli.main import main
     from nanoseek.evaluation.evaluate import evaluate_policy
-    from nanoseek.model.hf import load_model
+    from nanoseek.model.load import load_model
     from nanoseek.policy.policy import Policy
     from nanoseek.tasks import get_task
     from nanoseek.tokenizer import load_tokenizer

@@ -7,7 +7,7 @@ import pytest
 
 from nanoseek.evaluation.metrics import (breakdown, cons_at_k, cross_table, majority_vote, pass1_stderr, pass_at_k,
                                    pass_at_k_curve)
-from nanoseek.evaluation.evaluate import SampleResult, split_reasoning, summarize
+from nanoseek.evaluation.evaluate import GradedSample, split_think_block, summarize
 
 
 def test_pass_at_k_hand_computed():
@@ -100,7 +100,7 @@ def test_stderr_and_breakdown():
 
 
 def _r(problem, sample, extracted, correct, length=10, finish="stop", error=None):
-    return SampleResult(problem, sample, f"p{problem}", "q", "1", "", extracted, correct, correct, False, length,
+    return GradedSample(problem, sample, f"p{problem}", "q", "1", "", extracted, correct, correct, False, length,
                         finish, None, error)
 
 
@@ -119,11 +119,11 @@ def test_summarize_keys_and_values():
         assert key in m  # the keys the zero recipe reads
 
 
-def test_split_reasoning():
-    assert split_reasoning("a b</think><answer>3</answer>", True) == ("a b", "<answer>3</answer>")
-    assert split_reasoning("<think>x</think>\\boxed{3}", False) == ("x", "\\boxed{3}")
-    assert split_reasoning("still thinking", True) == ("still thinking", "")
-    assert split_reasoning("\\boxed{3}", False) == (None, "\\boxed{3}")
+def test_split_think_block():
+    assert split_think_block("a b</think><answer>3</answer>", True) == ("a b", "<answer>3</answer>")
+    assert split_think_block("<think>x</think>\\boxed{3}", False) == ("x", "\\boxed{3}")
+    assert split_think_block("still thinking", True) == ("still thinking", "")
+    assert split_think_block("\\boxed{3}", False) == (None, "\\boxed{3}")
 
 
 def test_grading_uses_the_tasks_own_accuracy_reward(data_dir):

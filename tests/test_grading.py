@@ -7,7 +7,7 @@ import time
 import pytest
 
 from nanoseek.rewards import grading
-from nanoseek.rewards.grading import extract_answer, is_equivalent
+from nanoseek.rewards.grading import GradeCounts, extract_answer, is_equivalent
 from nanoseek.rewards.grading_pool import warmup
 
 
@@ -128,11 +128,11 @@ def test_throughput_vs_math_verify(data_dir):
 
 
 def test_fast_path_avoids_math_verify():
-    grading.reset_stats()
+    counts = GradeCounts()
     for i in range(200):
-        assert is_equivalent(f"<think>.</think><answer>{i}</answer>", str(i))
-    s = grading.stats()
-    assert s["fast_path"] == 200 and s["slow_path"] == 0
+        assert is_equivalent(f"<think>.</think><answer>{i}</answer>", str(i), counts=counts)
+    s = counts.snapshot()
+    assert s["fast_path"] == 200 and s["slow_path"] == 0 and s["calls"] == 200
 
 
 # ---------------------------------------------------------------- safety
@@ -156,11 +156,11 @@ def test_same_result_from_main_thread_thread_and_process_pool():
 
 def test_tower_of_powers_times_out_and_worker_recovers():
     warmup()  # start-up is not part of the per-check timeout
-    grading.reset_stats()
+    counts = GradeCounts()
     start = time.monotonic()
-    assert grading.grade("\\boxed{9^{9^{9^{9}}}}", "5", timeout=1.0) == 0.0
+    assert grading.grade("\\boxed{9^{9^{9^{9}}}}", "5", timeout=1.0, counts=counts) == 0.0
     assert time.monotonic() - start < 3.0
-    assert grading.stats()["timeouts"] == 1
+    assert counts.snapshot()["timeouts"] == 1 and counts.snapshot()["slow_path"] == 1
     assert is_equivalent("\\boxed{\\frac{\\sqrt{2}}{2}}", "\\frac{\\sqrt{2}}{2}+0")  # the next call works
 
 

@@ -131,6 +131,37 @@ def test_grpo_loss_validation():
         grpo_loss(logp, old, adv, mask, loss_type="ppo")
 
 
+def test_loss_registry_drives_grpo_loss_and_the_config():
+    from nanoseek.errors import NanoseekError
+    from nanoseek.rl import LOSS_AGGREGATIONS, LOSS_TYPES, register_loss
+    from nanoseek.rl.config import GRPOConfig
+    from nanoseek.rl.grpo import LOSS_UNITS
+
+    assert LOSS_TYPES == tuple(LOSS_AGGREGATIONS) == ("grpo", "bnpo", "dr_grpo", "dapo")
+    assert all(a.unit in LOSS_UNITS for a in LOSS_AGGREGATIONS.values())
+    for name in LOSS_TYPES:
+        assert GRPOConfig(loss_type=name).loss_type == name
+    with pytest.raises(NanoseekError, match="loss_type"):
+        GRPOConfig(loss_type="seq-mean-token-mean")  # aliases are for grpo_loss callers, not configs
+    with pytest.raises(ValueError):
+        register_loss("grpo", unit="tokens")
+    with pytest.raises(ValueError):
+        register_loss("new", unit="bytes")
+
+    @register_loss("token_sum_test", unit="tokens")
+    def token_sum(per_token, mask, *, max_completion_length=None, num_items=None):
+        return per_token.sum()
+
+    try:
+        logp, old, _, adv, mask = _inputs()
+        total, _ = grpo_loss(logp, old, adv, mask, loss_type="token_sum_test")
+        mean, _ = grpo_loss(logp, old, adv, mask, loss_type="bnpo")
+        torch.testing.assert_close(total / mask.sum(), mean)
+        assert GRPOConfig(loss_type="token_sum_test").loss_type == "token_sum_test"
+    finally:
+        del LOSS_AGGREGATIONS["token_sum_test"]
+
+
 def test_token_logprobs_and_entropy_match_log_softmax():
     g = torch.Generator().manual_seed(1)
     logits = torch.randn(3, 5, 11, generator=g, requires_grad=True)

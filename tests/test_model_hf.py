@@ -9,7 +9,8 @@ import torch
 from nanoseek.errors import NanoseekError
 from nanoseek.policy.generate import SamplingParams, generate
 from nanoseek.model import DeepseekV3ForCausalLM, ModelConfig
-from nanoseek.model.hf import TransformersLM, load_model, save_pretrained
+from nanoseek.model.hf import TransformersLM
+from nanoseek.model.load import load_model, load_state_into
 
 transformers = pytest.importorskip("transformers")
 from safetensors.torch import load_file, save_file  # noqa: E402
@@ -99,7 +100,7 @@ def test_roundtrip_nanoseek_to_transformers_and_back(tmp_path):
     with torch.no_grad():
         for layer in ours.moe_layers():
             layer.gate.e_score_correction_bias.normal_(0, 0.05)
-    save_pretrained(ours, tmp_path)
+    ours.save_pretrained(tmp_path)
     on_disk = load_file(str(tmp_path / "model.safetensors"))
     assert "model.layers.3.enorm.weight" in on_disk and "model.layers.3.shared_head.head.weight" in on_disk
     assert "model.layers.1.mlp.experts.7.down_proj.weight" in on_disk
@@ -185,7 +186,7 @@ def test_errors_name_the_problem(tmp_path):
     cfg = small_config(**CASES["v3"])
     torch.manual_seed(0)
     m = DeepseekV3ForCausalLM(cfg)
-    save_pretrained(m, tmp_path / "ok")
+    m.save_pretrained(tmp_path / "ok")
     sd = load_file(str(tmp_path / "ok" / "model.safetensors"))
 
     def write(name, state, config=None):
@@ -252,12 +253,10 @@ def test_other_architectures_are_wrapped(tmp_path):
 
 
 def test_load_state_into_keeps_parameter_objects(tmp_path):
-    from nanoseek.model.hf import load_state_into
-
     cfg = small_config(**CASES["v3"], num_nextn_predict_layers=1)
     torch.manual_seed(0)
     src = DeepseekV3ForCausalLM(cfg)
-    save_pretrained(src, tmp_path / "step-3")
+    src.save_pretrained(tmp_path / "step-3")
     torch.manual_seed(1)
     dst = DeepseekV3ForCausalLM(cfg)
     params = [id(p) for p in dst.parameters()]

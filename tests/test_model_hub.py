@@ -12,7 +12,8 @@ import torch
 from nanoseek.errors import NanoseekError
 from nanoseek.policy.generate import SamplingParams
 from nanoseek.model import hub
-from nanoseek.model.hf import TransformersLM, load_model, resolve_model_dir
+from nanoseek.model.hf import TransformersLM, save_model
+from nanoseek.model.load import load_model, resolve_model_dir
 from nanoseek.policy.policy import Policy, build_batch
 from nanoseek.tokenizer import build_tokenizer, load_tokenizer, render_prompt, stop_token_ids
 
@@ -29,8 +30,6 @@ def one_thread():
 
 def save_tiny_llama(folder, chat_template: bool = True, seed: int = 0):
     """A random 2-layer Llama (GQA) with nanoseek's tokenizer, saved as an HF folder."""
-    from nanoseek.runs.checkpoint import save_model_folder
-
     tok = build_tokenizer()
     if not chat_template:
         tok.chat_template = None
@@ -39,7 +38,7 @@ def save_tiny_llama(folder, chat_template: bool = True, seed: int = 0):
                                    bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                                    pad_token_id=tok.pad_token_id, initializer_range=0.2)
     torch.manual_seed(seed)
-    save_model_folder(folder, TransformersLM(transformers.LlamaForCausalLM(cfg).eval()), tok)
+    save_model(TransformersLM(transformers.LlamaForCausalLM(cfg).eval()), folder, tok)
     return folder
 
 

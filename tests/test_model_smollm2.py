@@ -15,6 +15,10 @@ import pytest
 import torch
 
 from nanoseek.model import hub
+from nanoseek.model.load import load_model
+from nanoseek.policy.generate import SamplingParams
+from nanoseek.policy.policy import Policy, build_batch
+from nanoseek.tokenizer import load_tokenizer, render_prompt, stop_token_ids, template_prefills_think
 
 pytestmark = pytest.mark.slow
 NAME = "smollm2-135m"
@@ -46,10 +50,6 @@ def smollm2(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def policy(smollm2):
-    from nanoseek.model.hf import load_model
-    from nanoseek.policy.policy import Policy
-    from nanoseek.tokenizer import load_tokenizer
-
     torch.set_num_threads(1)
     return Policy(load_model(NAME), load_tokenizer(smollm2[1]))
 
@@ -69,8 +69,6 @@ def test_fetch_writes_a_normal_folder_once(smollm2):
 
 
 def test_reload_is_fast_and_identical_to_the_gguf(smollm2):
-    from nanoseek.model.hf import load_model
-
     torch.set_num_threads(1)
     gguf_model, tok = hub.load_gguf(hub.source_file(NAME))
     load_model(smollm2[1])  # warm: the first call imports transformers' Llama modules
@@ -90,8 +88,6 @@ def test_reload_is_fast_and_identical_to_the_gguf(smollm2):
 
 
 def test_smollm2_tokenizer_with_nanoseek_prompts(policy):
-    from nanoseek.tokenizer import render_prompt, stop_token_ids, template_prefills_think
-
     tok = policy.tokenizer
     text = render_prompt(tok, "What is 2+2?")
     assert text.endswith("<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n")
@@ -104,9 +100,6 @@ def test_smollm2_tokenizer_with_nanoseek_prompts(policy):
 
 
 def test_policy_answers_in_chatml(policy):
-    from nanoseek.policy.generate import SamplingParams
-    from nanoseek.policy.policy import build_batch
-
     prompts = policy.encode_prompts(["What is the capital of France?", "Name a colour of the sky."])
     done = policy.generate(prompts, SamplingParams(max_new_tokens=24, temperature=0.0))
     answer = policy.decode(done[0].token_ids)

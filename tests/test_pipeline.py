@@ -14,7 +14,7 @@ from nanoseek.config import load
 def test_r1_recipe_shares_the_zero_recipes_base_and_adds_the_language_reward():
     cfg = build_r1_config(load_config_dict("r1-cpu"))
     zero = load_config_dict("zero-cpu")
-    assert cfg.model == zero["model"] and cfg.task.name == zero["task"]["name"]
+    assert cfg.model.to_table() == zero["model"] and cfg.task.name == zero["task"]["name"]
     assert cfg.pretrain.steps == zero["pretrain"]["steps"] and cfg.eval.limit == zero["eval"]["limit"]
     assert cfg.zero_grpo.steps == zero["grpo"]["steps"]
     for stage in (cfg.reasoning_rl, cfg.all_rl):
@@ -24,22 +24,22 @@ def test_r1_recipe_shares_the_zero_recipes_base_and_adds_the_language_reward():
 
 def test_overrides_and_unknown_keys():
     cfg = build_r1_config(load("r1-cpu", ["pretrain.steps=7", "model.hidden_size=32", "rejection.sample.samples=3"]))
-    assert cfg.pretrain.steps == 7 and cfg.model["hidden_size"] == 32 and cfg.model["num_hidden_layers"] > 0
+    assert cfg.pretrain.steps == 7 and cfg.model.config["hidden_size"] == 32 and cfg.model.config["num_hidden_layers"] > 0
     assert cfg.rejection.sample.samples == 3
     with pytest.raises(NanoseekError, match=r"unknown config key rejection.sample.bogus"):
         build_r1_config(load("r1-cpu", ["rejection.sample.bogus=1"]))
-    assert build_r1_config(load("r1-cpu", ["model.path=x"])).model == {"path": "x"}
+    assert build_r1_config(load("r1-cpu", ["model.path=x"])).model.to_table() == {"path": "x"}
 
 
 def test_cold_start_data_is_readable_worked_solutions_that_pass_the_filters():
-    from nanoseek.recipes.rejection import SampleConfig, chat_record, filter_candidates
+    from nanoseek.recipes.rejection import RejectionSamplingConfig, chat_record, filter_candidates
     from nanoseek.train.sft_data import encode_chat
     from nanoseek.tasks.chain import ChainTask
     from nanoseek.tokenizer import build_tokenizer
 
     task = ChainTask(n_test=50, n_train=200)
     cands = worked_candidates(task, 100, seed=0)
-    kept, counts, _ = filter_candidates(cands, SampleConfig())
+    kept, counts, _ = filter_candidates(cands, RejectionSamplingConfig())
     assert len(kept) == 100 and sum(counts.values()) == 0
     test_ids = {e.id for e in task.examples("test")}
     assert not test_ids & {c.id for c in kept}
@@ -120,7 +120,7 @@ def test_tiny_r1_runs_every_stage_and_reports_each(tiny_r1):
     report = (tiny_r1 / "report.md").read_text()
     for title in ("base model", "R1-Zero", "cold-start", "reasoning RL", "rejection sampling", "all scenarios"):
         assert title in report
-    from nanoseek.model.hf import resolve_model_dir
+    from nanoseek.model.load import resolve_model_dir
 
     assert resolve_model_dir(tiny_r1).resolve() == resolve_model_dir(tiny_r1 / "all_rl").resolve()  # the run is its final model
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from nanoseek.cli.pretrain import corpus_tokens, window_documents
+from nanoseek.recipes.pretrain import corpus_tokens, window_documents
 from nanoseek.tokenizer import build_tokenizer
 
 SMALL = ["--set", "run.threads=1", "--set", "pretrain.batch_size=2", "--set", "run.checkpoint_every=2",
@@ -30,7 +30,7 @@ def test_corpus_readers(tmp_path):
 def test_pretrain_on_a_text_corpus_with_mtp_and_resume(tmp_path, monkeypatch):
     from nanoseek.atomic import remove_path
     from nanoseek.cli.main import main
-    from nanoseek.model.hf import load_model
+    from nanoseek.model.load import load_model
 
     monkeypatch.setenv("NANOSEEK_QUIET", "1")
     corpus = tmp_path / "c.txt"

@@ -1,10 +1,14 @@
 """The streaming think-splitter, stop strings and incremental detokenizer: the split depends only on
-the generated text, never on how it was cut into pieces (DeepSeek reasoner semantics)."""
+the generated text, never on how it was cut into pieces (DeepSeek reasoner semantics), and the
+streaming splitter agrees with the one-shot ``nanoseek.tokenizer.split_reasoning``."""
+
+import random
 
 import pytest
 
-from nanoseek.serve.reasoning import ReasoningSplitter, collect, split_reasoning, strip_reasoning
+from nanoseek.serve.reasoning import ReasoningSplitter, collect
 from nanoseek.serve.textstream import ChoiceStream, IncrementalDetokenizer, StopStrings
+from nanoseek.tokenizer import split_reasoning, strip_reasoning
 
 MIXED = "<think>\n先算 3+4，得到七。 Check: 3+4=7 ✓\n</think>\n\n答案是 **7** 🎉"
 PREFILLED = "\n先想一想：2×3=6 </think>  答：六 "
@@ -49,6 +53,20 @@ def test_split_is_invariant_to_chunking(text, kw, expected):
         assert got == expected, pieces
         # tags never leak into either field, and no empty deltas are produced
         assert all(d.text and "<think>" not in d.text for d in deltas)
+
+
+@pytest.mark.parametrize("think_prefilled,answer_tags", [(False, False), (True, False), (False, True), (True, True)])
+def test_streaming_splitter_agrees_with_one_shot_split(think_prefilled, answer_tags):
+    """Random texts made of tags, tag fragments, words and whitespace, cut at random places."""
+    parts = ["<think>", "</think>", "<answer>", "</answer>", "<th", "</thi", "</ans", "<", ">", " ", "\n",
+             "x", "答", "3+4"]
+    rng = random.Random(0)
+    for _ in range(300):
+        text = "".join(rng.choice(parts) for _ in range(rng.randint(0, 12)))
+        cuts = sorted(rng.sample(range(1, len(text)), min(3, max(0, len(text) - 1)))) if len(text) > 1 else []
+        pieces = [text[i:j] for i, j in zip([0] + cuts, cuts + [len(text)])]
+        kw = {"think_prefilled": think_prefilled, "answer_tags": answer_tags}
+        assert run(pieces, **kw)[0] == split_reasoning(text, **kw), (text, pieces)
 
 
 def test_reasoning_deltas_come_before_content_and_cross_boundary_is_two_deltas():

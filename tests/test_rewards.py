@@ -2,8 +2,9 @@
 
 import pytest
 
-from nanoseek.rewards import rules as rewards
-from nanoseek.rewards.rules import accuracy_reward, combine_rewards, format_reward
+from nanoseek.rewards.grading import GradeCounts
+from nanoseek.rewards.registry import combine_rewards
+from nanoseek.rewards.rules import accuracy_reward, format_reward
 
 GOOD = "<think>\n2+2 is 4.\nYes.\n</think>\n<answer>4</answer>"
 
@@ -14,17 +15,30 @@ def test_accuracy_protocol_one_value_per_completion_in_order():
 
 
 def test_accuracy_counts_missing_answers_and_never_raises():
-    rewards.reset_stats()
-    out = accuracy_reward(["", None, 12, "<think>never closes", "<answer>4</answer>"], answer=["4"] * 5, think_prefilled=False)
+    counts = GradeCounts()
+    out = accuracy_reward(["", None, 12, "<think>never closes", "<answer>4</answer>"], answer=["4"] * 5, think_prefilled=False,
+                          counts=counts)
     assert out == [0.0, 0.0, 0.0, 0.0, 1.0]
-    assert rewards.stats()["no_answer"] == 4
-    rewards.reset_stats()
-    assert rewards.stats()["no_answer"] == 0
+    assert counts.snapshot()["no_answer"] == 4
+    assert counts.snapshot()["calls"] == 1  # only the one answer was compared
+    assert GradeCounts().snapshot()["no_answer"] == 0  # counts belong to the caller: a new one starts at zero
 
 
 def test_accuracy_unparsable_reference_is_none():
-    assert accuracy_reward(["<answer>4</answer>", "<answer>4</answer>"], answer=["", "\\frac{1}{2"]) == [None, None]
-    assert rewards.stats()["bad_references"] >= 2
+    counts = GradeCounts()
+    assert accuracy_reward(["<answer>4</answer>", "<answer>4</answer>"], answer=["", "\\frac{1}{2"], counts=counts) == [None, None]
+    assert counts.snapshot()["bad_references"] == 2
+
+
+def test_counts_travel_with_the_rewards_they_explain():
+    fn = combine_rewards({"accuracy": 1.0, "format": 0.5})
+    first, second = GradeCounts(), GradeCounts()
+    assert fn([GOOD, "no answer"], answer=["4", "4"], counts=first) == [1.5, 0.0]
+    assert fn.parts([GOOD], answer=["4"], counts=second) == {"accuracy": [1.0], "format": [1.0]}
+    assert first.snapshot()["calls"] == 1 and first.snapshot()["no_answer"] == 1 and first.snapshot()["fast_path"] == 1
+    assert second.snapshot()["calls"] == 1 and second.snapshot()["no_answer"] == 0
+    assert accuracy_reward([GOOD], answer=["4"]) == [1.0]  # without counts nothing is kept, and nothing changes
+    assert first.snapshot()["calls"] == 1 and second.snapshot()["calls"] == 1
 
 
 def test_accuracy_think_prefilled():

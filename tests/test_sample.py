@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from nanoseek.tasks.decontaminate import EvalIndex, build_index, ngrams, tokens
-from nanoseek.recipes.rejection import (FILTERS, Candidate, SampleConfig, chat_record, filter_candidates, mixed_language,
-                             rejection_sample, repetition_loop)
+from nanoseek.recipes.rejection import (FILTERS, Candidate, RejectionSamplingConfig, chat_record, filter_candidates,
+                                        mixed_language, rejection_sample, repetition_loop)
 
 GOOD_COT = "7+3=0 0-9=1 1+2=3"
 
@@ -22,7 +22,7 @@ def cand(prompt="What is 7+3-9+2 mod 10?", reasoning=GOOD_COT, content="<answer>
 def test_each_planted_candidate_is_dropped_by_exactly_its_filter():
     eval_problem = "What is 1+6+5+1-7-2+8-6 mod 10?"
     index = EvalIndex.build({"chain": [eval_problem, "What is 4-4+2+9-1 mod 10?"]}, n=8)
-    cfg = SampleConfig(max_length=40, max_per_prompt=2, max_paragraph_chars=60)
+    cfg = RejectionSamplingConfig(max_length=40, max_per_prompt=2, max_paragraph_chars=60)
     loop = "0+0=0 " * 10
     planted = [
         ("keep", cand()),
@@ -114,7 +114,7 @@ def test_rejection_sample_with_a_tiny_local_model_writes_only_kept_records():
                                                    num_nextn_predict_layers=0, q_lora_rank=16, kv_lora_rank=16,
                                                    eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id))
     task = ChainTask(n_test=20, n_train=50)
-    cfg = SampleConfig(prompts=6, samples=2, max_new_tokens=8, require_format=False)
+    cfg = RejectionSamplingConfig(prompts=6, samples=2, max_new_tokens=8, require_format=False)
     sampler = LocalSampler(Policy(model, tok), batch_size=64)
     # plant: a grader that calls the first sample of every problem correct
     orig = sampler.sample

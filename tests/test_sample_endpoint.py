@@ -8,7 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from nanoseek.recipes.rejection import SampleConfig, run_sample
+from nanoseek.recipes.rejection import RejectionSamplingConfig, run_sample
 from nanoseek.tasks.chain import ChainProblem, ChainTask
 
 
@@ -51,15 +51,15 @@ def server():
 
 
 def test_endpoint_teacher_samples_are_graded_filtered_and_written(tmp_path, server, monkeypatch):
-    from nanoseek.evaluation.evaluate import sample_seed
+    from nanoseek.evaluation.evaluate import completion_seed
 
     monkeypatch.setenv("NANOSEEK_QUIET", "1")
     monkeypatch.setenv("OPENAI_API_KEY", "test")
     task = ChainTask(n_test=20, n_train=100)
-    cfg = SampleConfig(prompts=6, samples=3, seed=5, decontaminate=True, eval_tasks=["chain"])
+    cfg = RejectionSamplingConfig(prompts=6, samples=3, seed=5, decontaminate=True, eval_tasks=["chain"])
     out = tmp_path / "teacher.jsonl"
     counts = run_sample("teacher", task, cfg, out, endpoint=server, log=lambda *_: None)
-    seeds = [sample_seed(cfg.seed, i, j) for i in range(6) for j in range(3)]
+    seeds = [completion_seed(cfg.seed, i, j) for i in range(6) for j in range(3)]
     right = [s % 2 == 0 for s in seeds]
     mixed = [s % 3 == 0 for s in seeds]
     assert counts["candidates"] == 18

@@ -24,7 +24,7 @@ def one_thread():
 
 def make_checkpoint(folder):
     """A tiny random nanoseek model + tokenizer saved as a checkpoint folder."""
-    from nanoseek.runs.checkpoint import save_model_folder
+    from nanoseek.model.hf import save_model
     from nanoseek.model import DeepseekV3ForCausalLM, ModelConfig
     from nanoseek.tokenizer import build_tokenizer
 
@@ -33,7 +33,7 @@ def make_checkpoint(folder):
     cfg = ModelConfig.tiny(vocab_size=len(tok), hidden_size=64, num_hidden_layers=2, num_nextn_predict_layers=0,
                            max_position_embeddings=256, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
     folder.mkdir(parents=True, exist_ok=True)
-    save_model_folder(folder, DeepseekV3ForCausalLM(cfg), tok)
+    save_model(DeepseekV3ForCausalLM(cfg), folder, tok)
     return folder
 
 

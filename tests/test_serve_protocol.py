@@ -11,9 +11,8 @@ import pytest
 
 from nanoseek.serve.app import ServerThread, create_app
 from nanoseek.serve.chat_model import ChatModel
-from nanoseek.serve.reasoning import split_reasoning
 from nanoseek.serve.runner import ScriptedRunner
-from nanoseek.tokenizer import build_tokenizer
+from nanoseek.tokenizer import build_tokenizer, split_reasoning
 
 NAME = "nanoseek-scripted"
 SCRIPTS = {  # user message -> generated text (the template pre-fills "<think>")

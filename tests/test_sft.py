@@ -114,7 +114,8 @@ def test_bad_records_are_refused_with_file_and_line(tmp_path):
 def test_tiny_model_overfits_a_single_batch(tok):
     from nanoseek.model.config import ModelConfig
     from nanoseek.model.transformer import DeepseekV3ForCausalLM
-    from nanoseek.train.sft import SFTConfig, make_optimizer, sft_loss
+    from nanoseek.train.optim import make_adamw
+    from nanoseek.train.sft import SFTConfig, sft_loss
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -124,7 +125,7 @@ def test_tiny_model_overfits_a_single_batch(tok):
              for a, b in [(1, 2), (7, 8), (4, 9), (6, 6)]]
     examples, _ = encode_chats(chats, tok)
     batch = pad_batch(examples, tok.pad_token_id)
-    opt = make_optimizer(model, SFTConfig(lr=3e-3))
+    opt = make_adamw(model, 3e-3, SFTConfig().weight_decay)
     model.train()
     first = None
     for _ in range(80):

@@ -40,9 +40,8 @@ def data_file(tmp_path):
 
 
 def test_sft_run_on_a_transformers_model_writes_the_run_directory_and_resumes(tmp_path, llama_folder, data_file, monkeypatch):
-    from nanoseek.model.hf import resolve_model_dir
-    from nanoseek.config import build
-    from nanoseek.train.sft import SFTRecipe, run_sft
+    from nanoseek.model.load import resolve_model_dir
+    from nanoseek.recipes.sft import build_sft_recipe, run_sft
 
     torch.set_num_threads(1)
     monkeypatch.setenv("NANOSEEK_QUIET", "1")
@@ -50,7 +49,7 @@ def test_sft_run_on_a_transformers_model_writes_the_run_directory_and_resumes(tm
             "sft": {"steps": 6, "batch_size": 4, "lr": 1e-2}, "run": {"checkpoint_every": 3, "keep_checkpoints": 1},
             "task": {"name": "chain", "options": {"n_test": 4, "min_terms": 2, "max_terms": 2}},
             "eval": {"limit": 4, "samples": 1, "max_new_tokens": 8}}
-    recipe = build(SFTRecipe, data)
+    recipe = build_sft_recipe(data)
     out = tmp_path / "run"
     # stop after 3 steps: the wall-time limit writes a checkpoint, then resume finishes the run
     recipe.run.max_wall_seconds = 1e-9
@@ -65,7 +64,8 @@ def test_sft_run_on_a_transformers_model_writes_the_run_directory_and_resumes(tm
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 6 and "pass@1" in summary["final"] and "pass@1" in summary["base"]
     assert (out / "report.md").exists() and (out / "plots" / "loss.png").exists()
-    from nanoseek.model.hf import TransformersLM, load_model
+    from nanoseek.model.hf import TransformersLM
+    from nanoseek.model.load import load_model
 
     assert isinstance(load_model(out), TransformersLM)
 

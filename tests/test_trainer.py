@@ -12,7 +12,8 @@ from nanoseek.recipes.config import build_zero_config
 from nanoseek.policy.policy import build_batch
 from nanoseek.rl import token_logprobs
 from nanoseek.rl.health import Alarms
-from nanoseek.rl.trainer import GRPOTrainer, learning_rate
+from nanoseek.rl.trainer import GRPOTrainer
+from nanoseek.train.optim import lr_at
 from test_trainer_helpers import ToyTask, flat_params, native_policy, qwen_policy, tokenizer, toy_config
 
 torch.set_num_threads(1)
@@ -103,7 +104,7 @@ class _HalfFlatTask(ToyTask):
 def test_dynamic_sampling_drops_zero_spread_groups_and_draws_more():
     cfg = toy_config(dynamic_sampling=True, max_new_tokens=6)
     tr = GRPOTrainer(qwen_policy(), _HalfFlatTask(), cfg, seed=0)
-    ro = tr.sampler.collect(0, 0)
+    ro = tr.collector.collect(0, 0)
     assert len(ro.kept) == 4 and all(not s["zero_spread"] for s in ro.kept)
     assert ro.rounds >= 2 and ro.data_pos == 4 * ro.rounds and len(ro.sampled) == 4 * ro.rounds
     assert [s["pos"] for s in ro.kept] == sorted(s["pos"] for s in ro.kept)
@@ -111,7 +112,7 @@ def test_dynamic_sampling_drops_zero_spread_groups_and_draws_more():
     assert m["sampling/rounds"] >= 2 and m["sampling/kept_groups"] == 4
     assert 0.3 < m["groups/zero_spread"] < 0.7  # health describes every sampled group
     # without dynamic sampling the zero-spread groups stay in the batch
-    plain = GRPOTrainer(qwen_policy(), _HalfFlatTask(), toy_config(max_new_tokens=6), seed=0).sampler.collect(0, 0)
+    plain = GRPOTrainer(qwen_policy(), _HalfFlatTask(), toy_config(max_new_tokens=6), seed=0).collector.collect(0, 0)
     assert plain.rounds == 1 and any(s["zero_spread"] for s in plain.kept)
 
 
@@ -119,7 +120,7 @@ def test_overlong_filtering_and_soft_punishment():
     # every completion runs to max_new_tokens (8): the soft punishment is -1 at the limit (DAPO eq. 13)
     cfg = toy_config(max_new_tokens=8, overlong_buffer=4, mask_truncated_completions=True)
     tr = GRPOTrainer(qwen_policy(), ToyTask(), cfg, seed=0)
-    tr.sampler.suppress_token_ids = list(tr.policy.stop_ids)
+    tr.collector.suppress_token_ids = list(tr.policy.stop_ids)
     before = flat_params(tr.policy.model)
     m, _ = tr.step(0)
     assert m["completion/truncated"] == 1.0 and m["reward/overlong"] == -1.0
@@ -131,7 +132,7 @@ def test_stop_strings_end_completions(make):
     policy = make()
     cfg = toy_config(stop_strings=["k"], max_new_tokens=24, temperature=1.0)
     tr = GRPOTrainer(policy, ToyTask(), cfg, seed=0)
-    ro = tr.sampler.collect(0, 0)
+    ro = tr.collector.collect(0, 0)
     comps = [c for g in ro.local for c in g.completions]
     assert any("k" in policy.decode(c.token_ids) for c in comps)
     for c in comps:  # cut right after the token that completes the stop string
@@ -141,10 +142,10 @@ def test_stop_strings_end_completions(make):
 
 def test_stop_string_across_tokens_online_and_afterwards_agree():
     from nanoseek.policy.generate import Completion
-    from nanoseek.rl.rollout import StopStrings
+    from nanoseek.rl.rollout import TokenStopStrings
 
     tok = tokenizer()
-    stops = StopStrings(tok, ["</ans", "\n\n"])
+    stops = TokenStopStrings(tok, ["</ans", "\n\n"])
     ids = tok("a b</ans wer>", add_special_tokens=False).input_ids
     cut = stops.truncate(Completion(ids, "length", [0.0] * len(ids)))
     assert tok.decode(cut.token_ids).endswith("</ans") and cut.finish_reason == "stop"
@@ -154,8 +155,8 @@ def test_stop_string_across_tokens_online_and_afterwards_agree():
 
 def test_long_prompts_dropped_at_load_and_counted():
     tr = GRPOTrainer(qwen_policy(), ToyTask(n=20, long_every=4), toy_config(max_prompt_length=40), seed=0)
-    assert tr.dropped_long_prompts == 5 and len(tr.sampler.examples) == 15
-    assert all(len(ids) <= 40 for ids in tr.sampler.prompt_ids)
+    assert tr.dropped_long_prompts == 5 and len(tr.collector.examples) == 15
+    assert all(len(ids) <= 40 for ids in tr.collector.prompt_ids)
     m, _ = tr.step(0)
     assert m["data/dropped_long_prompts"] == 5
     with pytest.raises(NanoseekError, match="max_prompt_length"):
@@ -184,6 +185,9 @@ def test_mu_and_minibatches_use_old_logprobs():
 
 
 def test_learning_rate_schedules():
+    def learning_rate(step, cfg):  # what GRPOTrainer._update uses
+        return lr_at(step, cfg.steps, cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio, cfg.lr_schedule)
+
     cfg = toy_config(steps=10, lr=1.0, warmup_steps=2, min_lr_ratio=0.0, lr_schedule="linear")
     assert [learning_rate(s, cfg) for s in (0, 1, 2, 6, 10)] == pytest.approx([0.5, 1.0, 1.0, 0.5, 0.0])
     cos = toy_config(steps=10, lr=1.0, min_lr_ratio=0.1)

@@ -29,7 +29,7 @@ COMPLETION = " 2 加 2 等于 4，检查一下：2+2=4。</think> <answer>4</ans
 def trained_checkpoint(folder: Path) -> Path:
     """Overfit a tiny model on one conversation (a behavioural check that serving a trained
     checkpoint shows its reasoning and its answer) and save it as a checkpoint folder."""
-    from nanoseek.runs.checkpoint import save_model_folder
+    from nanoseek.model.hf import save_model
     from nanoseek.model import DeepseekV3ForCausalLM, ModelConfig
     from nanoseek.tokenizer import build_tokenizer
 
@@ -50,7 +50,7 @@ def trained_checkpoint(folder: Path) -> Path:
     assert loss.item() < 0.05
     with torch.no_grad():
         model.lm_head.weight.mul_(4.0)
-    save_model_folder(folder, model.eval(), tok)
+    save_model(model.eval(), folder, tok)
     return folder
 
 

@@ -9,7 +9,7 @@ import sys
 
 import torch
 
-from nanoseek.rewards.rules import combine_rewards
+from nanoseek.rewards.registry import combine_rewards
 from nanoseek.tasks import get_task
 
 
@@ -38,7 +38,7 @@ def test_planted_gsm8k_completions_get_the_right_rewards(data_dir):
 
 
 def test_grpo_steps_on_real_gsm8k_with_a_nanoseek_checkpoint(tmp_path, data_dir):
-    from nanoseek.runs.checkpoint import save_model_folder
+    from nanoseek.model.hf import save_model
     from nanoseek.model.config import ModelConfig
     from nanoseek.model.transformer import DeepseekV3ForCausalLM
     from nanoseek.tokenizer import build_tokenizer
@@ -50,7 +50,7 @@ def test_grpo_steps_on_real_gsm8k_with_a_nanoseek_checkpoint(tmp_path, data_dir)
                            max_position_embeddings=2048)
     model_dir = tmp_path / "model"
     model_dir.mkdir()
-    save_model_folder(model_dir, DeepseekV3ForCausalLM(cfg), tok)
+    save_model(DeepseekV3ForCausalLM(cfg), model_dir, tok)
     out = tmp_path / "run"
     sets = ["run.threads=1", "grpo.steps=2", "grpo.prompts_per_step=2", "grpo.group_size=2", "grpo.max_new_tokens=16",
             "grpo.max_prompt_length=2048", "grpo.eval_every=0", "eval.limit=3", "eval.samples=2", "eval.max_new_tokens=16"]

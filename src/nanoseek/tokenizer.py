@@ -10,6 +10,11 @@ user turn is followed by ``Assistant: <think>`` so that the completion continues
 closes it with ``</think>`` and gives the answer in ``<answer>…</answer>``. The long R1-Zero
 system sentence is optional (``system`` message); the CPU recipe leaves it out to keep prompts
 short.
+
+``split_reasoning`` is the one think/answer split of a finished generation into the DeepSeek API's
+``reasoning_content`` and ``content`` (``nanoseek.serve.reasoning.ReasoningSplitter`` applies the
+same rules to a stream); ``strip_reasoning`` is an earlier assistant turn as it goes back into a
+prompt.
 """
 
 from __future__ import annotations
@@ -46,7 +51,9 @@ def build_tokenizer():
     Vocabulary: ids 0..2 are ``<|pad|>``, ``<|begin|>``, ``<|end|>``; 3..6 the tags
     ``<think> </think> <answer> </answer>``; then the 256 byte symbols. Size 263.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    # tokenizers/transformers load here and in load_tokenizer only: the tags, the template and the
+    # split in this ground-floor module are used without them (~1 s of import on a CPU)
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
@@ -66,8 +73,6 @@ def build_tokenizer():
         clean_up_tokenization_spaces=False,
     )
     # Tags are single tokens but plain text (not "special"), so decode() keeps them.
-    from tokenizers import AddedToken
-
     tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in TAG_TOKENS])
     tok.padding_side = "left"
     return tok
@@ -113,3 +118,45 @@ def stop_token_ids(tokenizer) -> list[int]:
         if isinstance(tid, int) and tid not in ids:
             ids.append(tid)
     return ids
+
+
+def split_reasoning(text: str, think_prefilled: bool = False,
+                    answer_tags: bool = False) -> tuple[str | None, str | None]:
+    """``(reasoning_content, content)`` of a finished generation ``text``, as the DeepSeek API splits
+    a reasoning model's output (API docs, "Reasoning Model (deepseek-reasoner)"; DEEPSEEK.md §3).
+    The tag text itself appears in neither field.
+
+    * Think block: if the chat template pre-filled ``<think>`` (``think_prefilled``), ``text``
+      starts inside the block and only closes it; otherwise a block is recognised only when
+      ``text`` starts (after whitespace) with ``<think>``. With no block, everything is content and
+      reasoning is None.
+    * Reasoning = the block's text up to the first ``</think>``; content = the text after it. A
+      text cut off before ``</think>`` has reasoning only (content None).
+    * ``answer_tags`` (models trained with the R1-Zero template, R1 paper v1 Table 1): content is
+      the body of ``<answer>…</answer>`` only; text before ``<answer>`` and after ``</answer>`` is
+      dropped. With no ``<answer>`` the whole after-think text is the content.
+    * Both fields are stripped of surrounding whitespace; a field with no text is None, never
+      ``""`` (what a streaming client reconstructs, as streaming never sends empty deltas).
+
+    ``nanoseek.serve.reasoning.ReasoningSplitter`` applies these rules to a text arriving in
+    pieces; ``tests/test_reasoning_split.py`` checks that both agree on every cut.
+    """
+    reasoning, after = "", text
+    if think_prefilled or text.lstrip().startswith(THINK_OPEN):
+        block = text if think_prefilled else text.lstrip()[len(THINK_OPEN):]
+        reasoning, closed, after = block.partition(THINK_CLOSE)
+        if not closed:
+            return reasoning.strip() or None, None
+    if answer_tags:
+        _, opened, answer = after.partition(ANSWER_OPEN)
+        if opened:
+            after = answer.partition(ANSWER_CLOSE)[0]
+    return reasoning.strip() or None, after.strip() or None
+
+
+def strip_reasoning(content: str) -> str:
+    """An earlier assistant turn as it goes back into the prompt: the think block removed (the DeepSeek
+    API drops earlier turns' reasoning, DEEPSEEK.md §3). Everything up to the last ``</think>`` goes."""
+    if THINK_CLOSE in content:
+        content = content.rsplit(THINK_CLOSE, 1)[1]
+    return content.strip()

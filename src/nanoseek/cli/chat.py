@@ -13,9 +13,13 @@ import argparse
 import asyncio
 import sys
 
-DIM, RESET, BOLD = "\033[2m", "\033[0m", "\033[1m"
+from nanoseek.cli.serve import ANSWER_TAGS, add_model_arguments
+from nanoseek.errors import NanoseekError
+from nanoseek.serve.chat_model import ChatModel
+from nanoseek.serve.engine import GenerationRequest
+from nanoseek.serve.reasoning import collect
 
-_TAGS = {"auto": None, "on": True, "off": False}
+DIM, RESET, BOLD = "\033[2m", "\033[0m", "\033[1m"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -27,16 +31,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="seed of the first reply (later replies use seed + turn)")
     p.add_argument("--hide-thinking", action="store_true", help="do not print the reasoning")
     p.add_argument("--no-color", action="store_true", help="plain text (no ANSI dimming)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default auto: cuda when available)")
-    p.add_argument("--answer-tags", choices=("auto", "on", "off"), default="auto",
-                   help="content = the body of <answer>...</answer> (R1-Zero models); auto: when the tokenizer has the tag")
+    add_model_arguments(p)
 
 
 async def _reply(engine, req, show_thinking: bool, color: bool, out=None) -> tuple[str | None, str]:
     """Stream one reply to ``out`` (default: the current ``sys.stdout``); returns (content, finish_reason)."""
     out = out if out is not None else sys.stdout
-    from nanoseek.serve.reasoning import collect
-
     handle = engine.submit(req)
     deltas, phase = [], None
     dim, reset = (DIM, RESET) if color else ("", "")
@@ -69,13 +69,9 @@ async def _reply(engine, req, show_thinking: bool, color: bool, out=None) -> tup
 
 
 def run(args) -> int:
-    from nanoseek.errors import NanoseekError
-    from nanoseek.serve.chat_model import ChatModel
-    from nanoseek.serve.engine import GenerationRequest
-
     if not 0 < args.top_p <= 1 or args.temperature < 0:
         raise NanoseekError("--temperature must be >= 0 and --top-p in (0, 1]")
-    cm = ChatModel.load(args.model, device=args.device, answer_tags=_TAGS[args.answer_tags])
+    cm = ChatModel.load(args.model, device=args.device, answer_tags=ANSWER_TAGS[args.answer_tags])
     engine = cm.engine(max_batch=1).start()
     color = not args.no_color and sys.stdout.isatty()
     show = not args.hide_thinking

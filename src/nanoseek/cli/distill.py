@@ -17,10 +17,15 @@ import argparse
 import json
 from pathlib import Path
 
+from nanoseek.config import apply_overrides
 from nanoseek.errors import NanoseekError
+from nanoseek.model.load import resolve_model_dir
+from nanoseek.recipes.config import resume_or_recipe_dict
+from nanoseek.recipes.distill import build_distill_config, run_distill
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Register the ``nanoseek distill`` flags on ``p`` (each names the config field it sets in brackets)."""
     p.add_argument("--teacher", help="teacher: run directory (e.g. a nanoseek r1 run), checkpoint, Hugging Face folder; "
                                      "with --teacher-endpoint the remote model name  [teacher]")
     p.add_argument("--teacher-endpoint", metavar="URL", help="OpenAI-compatible base URL of the teacher  [teacher_endpoint]")
@@ -47,17 +52,12 @@ def student_spec(arg: str) -> dict:
         except json.JSONDecodeError as e:
             raise NanoseekError(f"--student {arg}: not valid JSON ({e})") from None
         return {k: v for k, v in fields.items() if k not in ("architectures", "model_type", "transformers_version")}
-    from nanoseek.model.hf import resolve_model_dir
-
     resolve_model_dir(arg)  # fail early with a one-line error
     return {"path": arg}
 
 
 def run(args) -> int:
-    from nanoseek.config import apply_overrides
-    from nanoseek.recipes.config import resume_or_recipe_dict
-    from nanoseek.recipes.distill import build_distill_config, run_distill
-
+    """Run ``nanoseek distill`` with the parsed arguments."""
     data = resume_or_recipe_dict(args.resume, args.config)
     apply_overrides(data, list(args.set))
     if args.teacher:
@@ -74,8 +74,6 @@ def run(args) -> int:
         data["compare_grpo"] = False
     cfg = build_distill_config(data)
     if not cfg.teacher_endpoint:
-        from nanoseek.model.hf import resolve_model_dir
-
         resolve_model_dir(cfg.teacher)  # fail early, before a run directory is made
     run_distill(cfg, out=args.resume or args.out or cfg.run.out, resume=bool(args.resume),
                 command=getattr(args, "_argv", "nanoseek distill"))

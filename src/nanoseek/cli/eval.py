@@ -15,8 +15,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+from nanoseek.evaluation.report import main_table
+from nanoseek.evaluation.run import EvalSettings, default_out, run_evaluation
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Register the ``nanoseek eval`` flags on ``p``."""
     p.add_argument("--model", help="a run directory, checkpoint folder, Hugging Face folder or short name; "
                                    "with --endpoint: the remote model name, sent as is")
     p.add_argument("--endpoint", metavar="URL", help="OpenAI-compatible base URL ending in /v1 (e.g. http://127.0.0.1:8000/v1)")
@@ -42,9 +46,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="output directory (default: evals/eval-<model>-<time>); rerun with it to continue")
 
 
-def settings_from_args(args):
-    from nanoseek.evaluation.run import EvalSettings
-
+def settings_from_args(args) -> EvalSettings:
+    """The ``EvalSettings`` of parsed ``nanoseek eval`` arguments (``--task`` split on commas)."""
     tasks = [t.strip() for item in args.task for t in item.split(",") if t.strip()]
     return EvalSettings(model=args.model, endpoint=args.endpoint, tasks=tasks, limit=args.limit, samples=args.samples,
                         temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens,
@@ -53,9 +56,7 @@ def settings_from_args(args):
 
 
 def run(args) -> int:
-    from nanoseek.evaluation.report import main_table
-    from nanoseek.evaluation.run import default_out, run_evaluation
-
+    """Run ``nanoseek eval``; print the main table; 130 when interrupted (finished samples kept)."""
     settings = settings_from_args(args)
     settings.out = settings.out or str(default_out(settings))
     try:

@@ -10,20 +10,18 @@ from __future__ import annotations
 
 import argparse
 
+from nanoseek.errors import NanoseekError
+from nanoseek.model import hub
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from nanoseek.model.hub import MODELS
-
-    names = ", ".join(f"{k} ({v.description})" for k, v in sorted(MODELS.items()))
+    names = ", ".join(f"{k} ({v.description})" for k, v in sorted(hub.MODELS.items()))
     p.add_argument("name", nargs="?", help=f"short model name: {names}")
     p.add_argument("--force", action="store_true", help="convert again even if the cached folder exists")
     p.add_argument("--list", action="store_true", help="list the short names and where each is cached")
 
 
 def run(args) -> int:
-    from nanoseek.errors import NanoseekError
-    from nanoseek.model import hub
-
     if args.list:
         for name in hub.known_models():
             d = hub.model_dir(name)

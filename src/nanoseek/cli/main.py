@@ -31,6 +31,7 @@ COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``nanoseek`` parser with one subparser per entry of ``COMMANDS``."""
     p = argparse.ArgumentParser(prog="nanoseek", description="nanoseek: a small, complete DeepSeek-R1 system.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
@@ -41,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command in ``argv`` (default ``sys.argv[1:]``); return its exit status (2 for a
+    ``NanoseekError``, printed as one line; 130 when interrupted)."""
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import argparse
 
+from nanoseek.config import apply_overrides
+from nanoseek.recipes.config import resume_or_recipe_dict
+from nanoseek.recipes.r1 import STAGES, build_r1_config, run_r1
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from nanoseek.recipes.r1 import STAGES
-
+    """Register the ``nanoseek r1`` flags on ``p`` (each names the config field it sets in brackets)."""
     p.add_argument("--config", default="r1-cpu", help="recipe TOML file or built-in recipe name (default: r1-cpu)")
     p.add_argument("--out", help="run directory (default: runs/<recipe>-<timestamp>); never overwritten")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run; finished stages are skipped")
@@ -28,10 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from nanoseek.config import apply_overrides
-    from nanoseek.recipes.config import resume_or_recipe_dict
-    from nanoseek.recipes.r1 import build_r1_config, run_r1
-
+    """Run ``nanoseek r1`` with the parsed arguments."""
     data = resume_or_recipe_dict(args.resume, args.config)
     overrides = list(args.set) + ([f"run.seed={args.seed}"] if args.seed is not None else [])
     apply_overrides(data, overrides)

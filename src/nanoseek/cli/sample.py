@@ -12,8 +12,14 @@ from __future__ import annotations
 
 import argparse
 
+from nanoseek.config import apply_overrides, build, load
+from nanoseek.evaluation.run import EvalSettings, model_run_config
+from nanoseek.recipes.rejection import RejectionSamplingConfig, run_sample
+from nanoseek.tasks import get_task
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Register the ``nanoseek sample`` flags on ``p``."""
     p.add_argument("--model", required=True, help="a run directory, checkpoint or Hugging Face folder; with --endpoint the remote model name")
     p.add_argument("--endpoint", metavar="URL", help="OpenAI-compatible base URL ending in /v1")
     p.add_argument("--api-key", help="bearer token for --endpoint (default: $OPENAI_API_KEY)")
@@ -33,11 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from nanoseek.config import apply_overrides
-    from nanoseek.config import build, load
-    from nanoseek.recipes.rejection import SampleConfig, run_sample
-    from nanoseek.tasks import get_task
-
+    """Run ``nanoseek sample`` with the parsed arguments."""
     data = load(args.config) if args.config else {}
     flags = {"split": args.split, "prompts": args.prompts, "samples": args.samples, "temperature": args.temperature,
              "max_new_tokens": args.max_tokens, "decontam_threshold": args.threshold}
@@ -46,11 +48,9 @@ def run(args) -> int:
         sample["decontaminate"] = False
     data["sample"] = sample
     apply_overrides(data, list(args.set))
-    cfg = build(SampleConfig, data["sample"], "sample")
+    cfg = build(RejectionSamplingConfig, data["sample"], "sample")
     task_cfg = data.get("task", {})
     if not task_cfg and not args.endpoint:  # a nanoseek run: its own task and options, as nanoseek eval does
-        from nanoseek.evaluation.run import EvalSettings, model_run_config
-
         task_cfg = model_run_config(EvalSettings(model=args.model)).get("task") or {}
     name = args.task or task_cfg.get("name") or "chain"
     options = task_cfg.get("options", {}) if name == task_cfg.get("name") else {}

@@ -14,8 +14,17 @@ import os
 import sys
 
 from nanoseek.errors import NanoseekError
+from nanoseek.serve.app import create_app, run_server
+from nanoseek.serve.chat_model import ChatModel
 
-_TAGS = {"auto": None, "on": True, "off": False}
+ANSWER_TAGS = {"auto": None, "on": True, "off": False}  # --answer-tags -> ChatModel(answer_tags=...)
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """``--device`` and ``--answer-tags``: how the served model is loaded (``serve`` and ``chat``)."""
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default auto: cuda when available)")
+    p.add_argument("--answer-tags", choices=tuple(ANSWER_TAGS), default="auto",
+                   help="content = the body of <answer>...</answer> (R1-Zero models); auto: when the tokenizer has the tag")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -27,21 +36,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="require 'Authorization: Bearer KEY' on API calls (default: $NANOSEEK_API_KEY, else none)")
     p.add_argument("--max-batch", type=int, default=64, help="most sequences decoded together (default 64)")
     p.add_argument("--context-length", type=int, help="override the model's context length in tokens")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default auto: cuda when available)")
-    p.add_argument("--answer-tags", choices=("auto", "on", "off"), default="auto",
-                   help="content = the body of <answer>...</answer> (R1-Zero models); auto: when the tokenizer has the tag")
+    add_model_arguments(p)
 
 
 def run(args) -> int:
-    import uvicorn
-
-    from nanoseek.serve.app import create_app
-    from nanoseek.serve.chat_model import ChatModel
-
     if args.max_batch < 1:
         raise NanoseekError(f"--max-batch must be at least 1, got {args.max_batch}")
     cm = ChatModel.load(args.model, name=args.served_model_name, device=args.device, context_length=args.context_length,
-                        answer_tags=_TAGS[args.answer_tags])
+                        answer_tags=ANSWER_TAGS[args.answer_tags])
     app = create_app(cm, api_key=args.api_key, max_batch=args.max_batch)
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:
         print(f"nanoseek serve: warning: listening on {args.host} without --api-key", file=sys.stderr)
@@ -49,5 +51,5 @@ def run(args) -> int:
     print(f"nanoseek serve: {cm.name} (context {cm.context_length} tokens, think pre-filled: {cm.think_prefilled}, "
           f"answer tags: {cm.answer_tags})\n  web app  http://{shown}:{args.port}/\n"
           f"  API      http://{shown}:{args.port}/v1  (OpenAI/DeepSeek client base_url)", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    run_server(app, args.host, args.port)
     return 0

@@ -1,4 +1,4 @@
-"""``nanoseek sft``: supervised fine-tuning on chat-format JSONL (see ``nanoseek.train.sft``).
+"""``nanoseek sft``: supervised fine-tuning on chat-format JSONL (see ``nanoseek.recipes.sft``).
 
 Examples::
 
@@ -15,10 +15,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from nanoseek.config import apply_overrides, load
 from nanoseek.errors import NanoseekError
+from nanoseek.model.load import resolve_model_dir
+from nanoseek.recipes.sft import SFTRecipe, build_sft_recipe, run_sft
+from nanoseek.runs.rundir import RunDir
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Register the ``nanoseek sft`` flags on ``p`` (each names the config field it sets in brackets)."""
     p.add_argument("--model", help="model to fine-tune: run directory, checkpoint or Hugging Face folder  [model.path]")
     p.add_argument("--data", action="append", default=[], metavar="FILE.jsonl",
                    help="chat JSONL (messages, optional reasoning_content); repeatable  [data]")
@@ -36,12 +41,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override any config field")
 
 
-def recipe_from_args(args):
-    from nanoseek.config import apply_overrides
-    from nanoseek.config import build, load
-    from nanoseek.runs.rundir import RunDir
-    from nanoseek.train.sft import SFTRecipe
-
+def recipe_from_args(args) -> SFTRecipe:
+    """The ``SFTRecipe`` of the parsed arguments: the resumed run's config, else ``--config`` (or
+    nothing), with the flags and ``--set`` overrides applied."""
     if args.resume:
         if not Path(args.resume).is_dir():
             raise NanoseekError(f"cannot resume: run directory {args.resume} does not exist")
@@ -58,16 +60,13 @@ def recipe_from_args(args):
         data["data"] = list(args.data)
     if args.task:
         data.setdefault("task", {})["name"] = args.task
-    return build(SFTRecipe, data)
+    return build_sft_recipe(data)
 
 
 def run(args) -> int:
-    from nanoseek.train.sft import run_sft
-
+    """Run ``nanoseek sft`` with the parsed arguments."""
     recipe = recipe_from_args(args)
-    if recipe.model.get("path"):
-        from nanoseek.model.hf import resolve_model_dir
-
-        resolve_model_dir(recipe.model["path"])  # fail early, before a run directory is made
+    if recipe.model.path:
+        resolve_model_dir(recipe.model.path)  # fail early, before a run directory is made
     run_sft(recipe, out=args.resume or args.out, resume=bool(args.resume), command=getattr(args, "_argv", "nanoseek sft"))
     return 0

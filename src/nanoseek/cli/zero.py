@@ -8,9 +8,14 @@ from __future__ import annotations
 
 import argparse
 
+from nanoseek.config import apply_overrides
+from nanoseek.model.load import resolve_model_dir
+from nanoseek.recipes.config import build_zero_config, resume_or_recipe_dict
+from nanoseek.recipes.zero import run_zero
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Register the ``nanoseek zero`` flags on ``p`` (each names the config field it sets in brackets)."""
     p.add_argument("--config", default="zero-cpu", help="recipe TOML file or built-in recipe name (default: zero-cpu)")
     p.add_argument("--task", help="task name (chain, gsm8k, math, math500, countdown) or a JSONL file  [task.name]")
     p.add_argument("--model", help="base model: a run directory, checkpoint folder, Hugging Face folder or short name  [model.path]")
@@ -24,20 +29,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def resolve_config(args) -> tuple[dict, str | None, bool]:
     """The config dict for these arguments, the output directory and whether this is a resume."""
-    from nanoseek.config import apply_overrides
-    from nanoseek.recipes.config import resume_or_recipe_dict
-
     data = resume_or_recipe_dict(args.resume, args.config)
     out, resume = (str(args.resume), True) if args.resume else (args.out, False)
     overrides = list(args.set)
     if args.task and args.task != data.get("task", {}).get("name"):
         # another task: the recipe's task options (e.g. chain's min_terms) do not carry over
         data.setdefault("task", {})["options"] = {}
-        overrides.append(f"task.name={_q(args.task)}")
+        overrides.append(f"task.name={toml_string(args.task)}")
     if args.model:
         data["model"] = {"path": args.model}
     if args.data_dir:
-        overrides.append(f"task.data_dir={_q(args.data_dir)}")
+        overrides.append(f"task.data_dir={toml_string(args.data_dir)}")
     if args.seed is not None:
         overrides.append(f"run.seed={args.seed}")
     if args.steps is not None:
@@ -48,19 +50,16 @@ def resolve_config(args) -> tuple[dict, str | None, bool]:
     return data, out, resume
 
 
-def _q(s: str) -> str:
+def toml_string(s: str) -> str:
+    """``s`` as a TOML basic string (quoted, backslashes and quotes escaped), for a ``--set`` value."""
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def run(args) -> int:
-    from nanoseek.recipes.config import build_zero_config
-    from nanoseek.recipes.zero import run_zero
-
+    """Run ``nanoseek zero`` with the parsed arguments."""
     data, out, resume = resolve_config(args)
     cfg = build_zero_config(data)
-    if cfg.model.get("path"):
-        from nanoseek.model.hf import resolve_model_dir
-
-        resolve_model_dir(cfg.model["path"])  # fail early, before a run directory is made
+    if cfg.model.path:
+        resolve_model_dir(cfg.model.path)  # fail early, before a run directory is made
     run_zero(cfg, out=out, resume=resume, command=args._argv)
     return 0

@@ -14,9 +14,9 @@ Besides pass@1 it measures what tells a reasoning run apart from format learning
 ``summarize`` adds the unbiased ``pass@k`` for every k <= samples, ``cons@k`` (majority vote over
 the k extracted answers) and ``pass@1_stderr`` (see ``nanoseek.evaluation.metrics``).
 
-The same ``SampleResult`` rows come from the endpoint path (``nanoseek.evaluation.endpoint``), where the
-server returns the reasoning separately (``reasoning_content``); ``nanoseek eval`` (``eval_run``)
-builds on ``generate_results`` and ``summarize``.
+The same ``GradedSample`` rows come from the endpoint path (``nanoseek.evaluation.endpoint``), where
+the server returns the reasoning separately (``reasoning_content``); ``nanoseek eval``
+(``nanoseek.evaluation.run``) builds on ``generate_results`` and ``summarize``.
 """
 
 from __future__ import annotations
@@ -24,6 +24,10 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 
+from nanoseek.evaluation import metrics as eval_metrics
+from nanoseek.policy.generate import SamplingParams
+from nanoseek.rewards import grading
+from nanoseek.rewards import rules as rewards
 from nanoseek.tokenizer import THINK_CLOSE, THINK_OPEN
 
 STYLES = ("r1_zero", "r1")
@@ -43,8 +47,9 @@ class EvalConfig:
     seed: int = 1234
 
 
-def sample_seed(seed: int, problem: int, sample: int) -> int:
-    """A deterministic 63-bit seed for sample ``sample`` of problem ``problem``."""
+def completion_seed(seed: int, problem: int, sample: int) -> int:
+    """A deterministic 63-bit seed for completion ``sample`` of problem ``problem`` (a hash of the
+    three, so a completion depends on neither the batch it is drawn in nor the other rows)."""
     x = (seed * 0x9E3779B97F4A7C15 + problem * 0xBF58476D1CE4E5B9 + sample * 0x94D049BB133111EB) % (1 << 64)
     x ^= x >> 31
     return x % (1 << 63)
@@ -61,11 +66,14 @@ def think_text(completion: str, think_prefilled: bool) -> str | None:
     return completion.split(THINK_CLOSE, 1)[0]
 
 
-def split_reasoning(completion: str, think_prefilled: bool) -> tuple[str | None, str]:
-    """``(reasoning, answer_part)`` of a completion: the think block's text and what follows it.
+def split_think_block(completion: str, think_prefilled: bool) -> tuple[str | None, str]:
+    """``(reasoning, answer_part)`` of a completion: the think block's text and what follows it,
+    both unstripped, as stored in an evaluation's ``samples.jsonl``.
 
     A think block that never closes is all reasoning (answer part ``""``); a completion with no
-    think block at all (and no prefilled one) is all answer (reasoning ``None``).
+    think block at all (and no prefilled one) is all answer (reasoning ``None``). (The server's
+    ``reasoning_content`` / ``content`` split, with its stripping, null fields and answer tags, is
+    another function: ``serve.reasoning.split_reasoning``.)
     """
     if THINK_CLOSE in completion:
         head, tail = completion.split(THINK_CLOSE, 1)
@@ -78,7 +86,7 @@ def split_reasoning(completion: str, think_prefilled: bool) -> tuple[str | None,
 
 
 @dataclass
-class SampleResult:
+class GradedSample:
     """One graded sample of one problem.
 
     ``answer`` is the reference answer; ``completion`` the generated text (from an endpoint:
@@ -104,8 +112,6 @@ class SampleResult:
 
 def _parses(task, extracted: str | None) -> bool:
     """Whether an extracted answer parses as the task's answer type."""
-    from nanoseek.rewards import grading
-
     if extracted is None:
         return False
     if task.answer_type != "number":
@@ -119,9 +125,6 @@ def grade_completions(task, examples, completions: list[str], think_prefilled: b
     ``style`` is the answer format the prompt asked for: "r1_zero" (``<answer>`` tags, graded for
     form by ``format_reward``) or "r1" (``\\boxed{}`` after a closed think block).
     """
-    from nanoseek.rewards import grading
-    from nanoseek.rewards import rules as rewards
-
     if style not in STYLES:
         raise ValueError(f"style must be one of {STYLES}, got {style!r}")
     # the task's own accuracy reward (Countdown checks an equation against nums/target), given every
@@ -144,15 +147,13 @@ def grade_completions(task, examples, completions: list[str], think_prefilled: b
 
 def generate_results(policy, task, examples, rows: Sequence[tuple[int, int]], *, questions: Sequence[str] | None = None,
                      temperature: float = 0.6, top_p: float = 0.95, max_new_tokens: int = 64, seed: int = 1234,
-                     batch_size: int = 256, style: str = "r1_zero") -> Iterator[list[SampleResult]]:
+                     batch_size: int = 256, style: str = "r1_zero") -> Iterator[list[GradedSample]]:
     """Sample and grade the ``(problem, sample)`` pairs ``rows``, yielding one list per batch.
 
     ``questions[i]`` is the user message of problem i (default: ``examples[i].prompt``); it is
     rendered with the policy's chat template. Sample ``(i, j)`` is seeded by
-    ``sample_seed(seed, i, j)``, so any subset of rows, in any batching, gives the same samples.
+    ``completion_seed(seed, i, j)``, so any subset of rows, in any batching, gives the same samples.
     """
-    from nanoseek.policy.generate import SamplingParams
-
     questions = [e.prompt for e in examples] if questions is None else list(questions)
     needed = sorted({i for i, _ in rows})
     encoded = dict(zip(needed, policy.encode_prompts([questions[i] for i in needed])))
@@ -161,31 +162,32 @@ def generate_results(policy, task, examples, rows: Sequence[tuple[int, int]], *,
     rows = list(rows)
     for s in range(0, len(rows), max(1, batch_size)):
         chunk = rows[s:s + max(1, batch_size)]
-        comps = policy.generate([encoded[i] for i, _ in chunk], params, seeds=[sample_seed(seed, i, j) for i, j in chunk])
+        comps = policy.generate([encoded[i] for i, _ in chunk], params, seeds=[completion_seed(seed, i, j) for i, j in chunk])
         texts = [policy.decode(c.token_ids) for c in comps]
         grades = grade_completions(task, [examples[i] for i, _ in chunk], texts, policy.think_prefilled, style)
         batch = []
         for (i, j), c, text, g in zip(chunk, comps, texts, grades):
             e = examples[i]
-            batch.append(SampleResult(i, j, e.id, questions[i], e.answer, text, g["extracted"], g["correct"],
+            batch.append(GradedSample(i, j, e.id, questions[i], e.answer, text, g["extracted"], g["correct"],
                                       g["well_formed"], g["thinking"], len(c.token_ids), c.finish_reason,
-                                      split_reasoning(text, policy.think_prefilled)[0]))
+                                      split_think_block(text, policy.think_prefilled)[0]))
         yield batch
 
 
 def evaluate_policy(policy, task, examples, *, samples: int = 4, temperature: float = 0.6, top_p: float = 0.95,
-                    max_new_tokens: int = 64, seed: int = 1234, batch_size: int = 256, progress=None) -> tuple[dict, list[SampleResult]]:
+                    max_new_tokens: int = 64, seed: int = 1234, batch_size: int = 256,
+                    progress=None) -> tuple[dict, list[GradedSample]]:
     """Sample ``samples`` completions per example and grade them.
 
     Returns ``(metrics, results)`` where metrics holds ``pass@1`` (mean correctness over all
     samples of all problems), ``well_formed``, ``thinking``, ``mean_length`` (tokens),
     ``truncated`` and ``n`` (problems), plus the keys ``summarize`` adds; results holds one
-    ``SampleResult`` per sample.
+    ``GradedSample`` per sample.
     """
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
     rows = [(i, j) for i in range(len(examples)) for j in range(samples)]
-    results: list[SampleResult] = []
+    results: list[GradedSample] = []
     for batch in generate_results(policy, task, examples, rows, temperature=temperature, top_p=top_p,
                                   max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size):
         results.extend(batch)
@@ -194,7 +196,7 @@ def evaluate_policy(policy, task, examples, *, samples: int = 4, temperature: fl
     return summarize(results, len(examples)), results
 
 
-def summarize(results: list[SampleResult], n_problems: int, *, cons: bool = True) -> dict:
+def summarize(results: list[GradedSample], n_problems: int, *, cons: bool = True) -> dict:
     """Aggregate metrics of graded samples (see ``evaluate_policy``).
 
     Keys: ``pass@1`` (mean over all samples), ``pass@1_stderr`` (across problems), ``pass@k``
@@ -203,13 +205,11 @@ def summarize(results: list[SampleResult], n_problems: int, *, cons: bool = True
     (tokens; failed requests and unknown lengths left out), ``truncated``, ``failed`` (requests that never got an
     answer: counted as wrong), ``n`` (problems), ``samples`` (per problem).
     """
-    from nanoseek.evaluation import metrics as eval_metrics
-
     m = max(1, len(results))
     ok = [r for r in results if r.error is None]
     known = [r for r in ok if r.length >= 0]  # an endpoint that reports no usage gives length -1
     k = len(results) // max(1, n_problems)
-    by_problem: dict[int, list[SampleResult]] = {}
+    by_problem: dict[int, list[GradedSample]] = {}
     for r in sorted(results, key=lambda r: (r.problem, r.sample)):
         by_problem.setdefault(r.problem, []).append(r)
     groups = list(by_problem.values())
@@ -234,5 +234,13 @@ def summarize(results: list[SampleResult], n_problems: int, *, cons: bool = True
     return out
 
 
-def results_as_dicts(results: list[SampleResult]) -> list[dict]:
+def results_as_dicts(results: list[GradedSample]) -> list[dict]:
+    """The samples as plain dicts (what a run stores in ``eval_*.json`` and shows in its report)."""
     return [asdict(r) for r in results]
+
+
+def eval_metrics_record(m: dict) -> dict:
+    """The ``metrics.jsonl`` fields of one held-out evaluation (``m`` from ``summarize``):
+    ``eval/pass@1``, ``eval/well_formed``, ``eval/thinking`` and ``eval/mean_length``."""
+    return {"eval/pass@1": m["pass@1"], "eval/well_formed": m["well_formed"], "eval/thinking": m["thinking"],
+            "eval/mean_length": m["mean_length"]}

@@ -28,6 +28,8 @@ from collections.abc import Callable, Mapping, Sequence
 from fractions import Fraction
 from typing import Any
 
+from nanoseek.rewards import grading
+
 __all__ = ["pass_at_k", "pass_at_k_curve", "majority_vote", "cons_at_k", "pass1_stderr", "breakdown",
            "cross_table", "default_equivalent"]
 
@@ -76,8 +78,6 @@ def default_equivalent(a: str, b: str) -> bool:
     """
     if a.strip() == b.strip():
         return True
-    from nanoseek.rewards import grading
-
     return grading.is_equivalent(a, b)
 
 

@@ -3,7 +3,7 @@
 One evaluation is: a sampler (a local model, ``LocalSampler``, or an OpenAI-compatible endpoint,
 ``EndpointSampler``), one or more tasks (their ``test`` split, first ``limit`` problems), ``samples``
 completions per problem at ``temperature``/``top_p`` within ``max_tokens``, each seeded by
-``evaluate.sample_seed(seed, problem, sample)``. Defaults follow DeepSeek-R1's evaluation (R1 paper
+``evaluate.completion_seed(seed, problem, sample)``. Defaults follow DeepSeek-R1's evaluation (R1 paper
 v1 sec. 3; R1 README "Usage Recommendations"): temperature 0.6, top-p 0.95, no system prompt, and
 for math tasks the user turn ends with "Please reason step by step, and put your final answer
 within \\boxed{}.". A checkpoint trained with the R1-Zero template (its chat template asks for
@@ -12,7 +12,7 @@ prompt recorded in its run's config and no extra instruction, exactly as ``nanos
 evaluates it, so the two agree sample for sample. Deviation: ``max_tokens`` defaults to 4,096
 (DeepSeek-R1 used 32,768) so that small models on a CPU finish.
 
-The output directory (``eval_store.EvalDir``) keeps ``settings.json``, ``samples.jsonl`` (appended
+The output directory (``nanoseek.evaluation.store.EvalDir``) keeps ``settings.json``, ``samples.jsonl`` (appended
 as samples finish), ``results.json`` and ``results.md``. A rerun with the same settings reuses every
 finished sample; failed requests are retried on a rerun.
 """
@@ -22,12 +22,23 @@ from __future__ import annotations
 import re
 import sys
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from nanoseek.errors import NanoseekError
-from nanoseek.evaluation.evaluate import SampleResult, grade_completions, sample_seed, split_reasoning, summarize
+from nanoseek.evaluation.endpoint import ChatRequest, EndpointConfig, run_requests
+from nanoseek.evaluation.evaluate import (GradedSample, completion_seed, generate_results, grade_completions,
+                                          split_think_block, summarize)
+from nanoseek.evaluation.metrics import breakdown, cross_table
+from nanoseek.evaluation.store import EvalDir, record_of, result_of
+from nanoseek.model.load import load_model, resolve_model_dir
+from nanoseek.policy.policy import Policy
+from nanoseek.progress import Progress
+from nanoseek.runs.rundir import RunDir, default_path
+from nanoseek.tasks import get_task
 from nanoseek.tasks.base import R1_MATH_INSTRUCTION
+from nanoseek.tokenizer import R1_ZERO_CHAT_TEMPLATE, load_tokenizer
 
 MATH_ANSWER_TYPES = ("math", "number")
 
@@ -87,8 +98,6 @@ def user_message(question: str, task, style: str, instruction: str = "auto") -> 
 def template_style(tokenizer, system_prompt: str | None = None) -> str:
     """"r1_zero" when the tokenizer's chat template (or the recorded system prompt) is the R1-Zero
     one (answers in ``<answer>`` tags, nanoseek's own tokenizer), else "r1" (``\\boxed{}``)."""
-    from nanoseek.tokenizer import R1_ZERO_CHAT_TEMPLATE
-
     tpl = getattr(tokenizer, "chat_template", None) or ""
     if not isinstance(tpl, str):
         tpl = str(tpl)
@@ -110,8 +119,7 @@ class LocalSampler:
         self.system_prompt = policy.system_prompt
 
     def sample(self, task, examples, questions, rows, settings: EvalSettings, on_batch) -> None:
-        from nanoseek.evaluation.evaluate import generate_results
-
+        """Sample and grade ``rows`` ((problem, sample) pairs), calling ``on_batch`` per batch."""
         for batch in generate_results(self.policy, task, examples, rows, questions=questions,
                                       temperature=settings.temperature, top_p=settings.top_p,
                                       max_new_tokens=settings.max_tokens, seed=settings.seed,
@@ -132,10 +140,10 @@ class EndpointSampler:
         self.identity = {"kind": "endpoint", "endpoint": config.base_url, "model": config.model}
 
     def sample(self, task, examples, questions, rows, settings: EvalSettings, on_batch) -> None:
-        from nanoseek.evaluation.endpoint import ChatRequest, run_requests
-
+        """One request per row ((problem, sample) pair), graded as it returns and passed to
+        ``on_batch`` as a batch of one."""
         reqs = [ChatRequest([{"role": "user", "content": questions[i]}], settings.temperature, settings.top_p,
-                            settings.max_tokens, sample_seed(settings.seed, i, j)) for i, j in rows]
+                            settings.max_tokens, completion_seed(settings.seed, i, j)) for i, j in rows]
 
         def on_reply(k: int, reply) -> None:
             i, j = rows[k]
@@ -143,11 +151,11 @@ class EndpointSampler:
 
         run_requests(self.config, reqs, on_reply, seed=settings.seed)
 
-    def grade(self, task, example, question: str, i: int, j: int, reply) -> SampleResult:
-        """A ``SampleResult`` from one reply; a failed request is a wrong sample with ``error`` set."""
+    def grade(self, task, example, question: str, i: int, j: int, reply) -> GradedSample:
+        """A ``GradedSample`` from one reply; a failed request is a wrong sample with ``error`` set."""
         length = reply.completion_tokens if reply.completion_tokens is not None else -1
         if reply.error is not None:
-            return SampleResult(i, j, example.id, question, example.answer, "", None, False, False, False, 0,
+            return GradedSample(i, j, example.id, question, example.answer, "", None, False, False, False, 0,
                                 "error", None, reply.error)
         text = reply.content
         if reply.reasoning is not None:
@@ -156,16 +164,14 @@ class EndpointSampler:
             closed = "</think>" if reply.content.strip() else ""
             text = f"<think>{reply.reasoning}{closed}{reply.content}"
         g = grade_completions(task, [example], [text], False, self.style)[0]
-        reasoning = reply.reasoning if reply.reasoning is not None else split_reasoning(text, False)[0]
-        return SampleResult(i, j, example.id, question, example.answer, text, g["extracted"], g["correct"],
+        reasoning = reply.reasoning if reply.reasoning is not None else split_think_block(text, False)[0]
+        return GradedSample(i, j, example.id, question, example.answer, text, g["extracted"], g["correct"],
                             g["well_formed"], g["thinking"], length, reply.finish_reason, reasoning)
 
 
 def recorded_run_config(model_arg: str, folder: Path) -> dict:
     """The config of the nanoseek run a model comes from (``{}`` when it is not from a run): the
     run directory itself, or the run above ``RUN/checkpoints/step-N/`` or ``RUN/base/``."""
-    from nanoseek.runs.rundir import RunDir
-
     folder = Path(folder)
     candidates = [Path(model_arg), folder.parent.parent, folder.parent]
     for p in candidates:
@@ -181,18 +187,12 @@ def model_run_config(settings: EvalSettings) -> dict:
     """The recorded run config of a local ``--model`` (``{}`` for an endpoint or a plain folder)."""
     if settings.endpoint:
         return {}
-    from nanoseek.model.hf import resolve_model_dir
-
     return recorded_run_config(settings.model, Path(resolve_model_dir(settings.model)))
 
 
 def local_sampler(model_arg: str, batch_size: int, run_cfg: dict) -> LocalSampler:
     """Load ``--model`` (run directory, checkpoint, Hugging Face folder or short name) as a
     ``LocalSampler`` with the system prompt its run recorded (none by default)."""
-    from nanoseek.model.hf import load_model, resolve_model_dir
-    from nanoseek.policy.policy import Policy
-    from nanoseek.tokenizer import load_tokenizer
-
     folder = Path(resolve_model_dir(model_arg))
     system = (run_cfg.get("task") or {}).get("system_prompt")
     policy = Policy(load_model(folder), load_tokenizer(folder), system)
@@ -200,11 +200,10 @@ def local_sampler(model_arg: str, batch_size: int, run_cfg: dict) -> LocalSample
     return LocalSampler(policy, batch_size, identity)
 
 
-def build_sampler(settings: EvalSettings, run_cfg: dict):
-    """The sampler the settings ask for."""
+def sampler_from_settings(settings: EvalSettings, run_cfg: dict) -> LocalSampler | EndpointSampler:
+    """The sampler ``nanoseek eval``'s settings ask for: an ``EndpointSampler`` for ``--endpoint``,
+    else a ``LocalSampler`` of ``--model`` (``run_cfg``: its run's recorded config)."""
     if settings.endpoint:
-        from nanoseek.evaluation.endpoint import EndpointConfig
-
         cfg = EndpointConfig(settings.endpoint, settings.model or "", settings.api_key,
                              concurrency=settings.concurrency or 16, timeout=settings.timeout,
                              max_retries=settings.retries)
@@ -231,8 +230,6 @@ def _slug(text: str) -> str:
 
 
 def _load_tasks(settings: EvalSettings, run_cfg: dict) -> list:
-    from nanoseek.tasks import get_task
-
     recorded = run_cfg.get("task") or {}
     names = settings.tasks or ([recorded["name"]] if recorded.get("name") else [])
     if not names:
@@ -254,14 +251,11 @@ def run_evaluation(settings: EvalSettings, sampler=None, run_cfg: dict | None = 
                    log=print) -> dict:
     """Evaluate ``settings.tasks`` with ``sampler`` (built from the settings when ``None``) into
     ``settings.out``; return ``{task: metrics}`` (also written to results.json / results.md)."""
-    from nanoseek.evaluation.store import EvalDir, record_of, result_of
-    from nanoseek.progress import Progress
-
     if run_cfg is None:
         run_cfg = model_run_config(settings) if sampler is None else {}
     tasks = _load_tasks(settings, run_cfg)  # before loading a model: a bad --task fails at once
     if sampler is None:
-        sampler = build_sampler(settings, run_cfg)
+        sampler = sampler_from_settings(settings, run_cfg)
     out = Path(settings.out) if settings.out else default_out(settings)
     store = EvalDir.open(out, fingerprint(settings, sampler), command)
     log(f"[nanoseek] evaluating into {out}")
@@ -271,7 +265,7 @@ def run_evaluation(settings: EvalSettings, sampler=None, run_cfg: dict | None = 
         examples = task.examples("test")
         examples = examples[: settings.limit] if settings.limit else examples
         questions = [user_message(e.prompt, task, sampler.style, settings.instruction) for e in examples]
-        have: dict[tuple[int, int], SampleResult] = {}
+        have: dict[tuple[int, int], GradedSample] = {}
         for i, e in enumerate(examples):
             for j in range(settings.samples):
                 rec = done.get((task.name, i, j))
@@ -284,7 +278,7 @@ def run_evaluation(settings: EvalSettings, sampler=None, run_cfg: dict | None = 
         bar = Progress(len(rows), f"eval {task.name}", unit="sample")
         counts = {"correct": sum(r.correct for r in have.values()), "failed": 0}
 
-        def on_batch(batch: list[SampleResult]) -> None:
+        def on_batch(batch: list[GradedSample]) -> None:
             store.append([record_of(task.name, r) for r in batch])
             for r in batch:
                 have[(r.problem, r.sample)] = r
@@ -309,13 +303,9 @@ def run_evaluation(settings: EvalSettings, sampler=None, run_cfg: dict | None = 
     return all_metrics
 
 
-def task_metrics(results: list[SampleResult], examples) -> dict:
+def task_metrics(results: list[GradedSample], examples) -> dict:
     """``summarize`` plus failures by kind and, when the examples carry them (MATH), pass@1 by
     subject, by level, and by subject x level."""
-    from collections import Counter
-
-    from nanoseek.evaluation.metrics import breakdown, cross_table
-
     m = summarize(results, len(examples))
     m["errors"] = dict(Counter(r.error.split(":", 1)[0] for r in results if r.error is not None))
     per_problem: dict[int, list[bool]] = {}
@@ -343,6 +333,5 @@ def settings_view(settings: EvalSettings, sampler) -> dict:
 
 
 def default_out(settings: EvalSettings) -> Path:
-    from nanoseek.runs.rundir import default_path
-
+    """``evals/eval-<model>-<time>``: where an evaluation goes without ``--out``."""
     return default_path(f"eval-{_slug(settings.model or 'model')}", root="evals")

@@ -23,16 +23,18 @@ import os
 import warnings
 from pathlib import Path
 
-from nanoseek.errors import NanoseekError
 from nanoseek.atomic import atomic_write_json, atomic_write_text
-from nanoseek.evaluation.evaluate import SampleResult, split_reasoning
+from nanoseek.errors import NanoseekError
+from nanoseek.evaluation.evaluate import GradedSample, split_think_block
+from nanoseek.evaluation.report import results_markdown
+from nanoseek.runs.rundir import to_jsonable
 
 SETTINGS, SAMPLES, RESULTS_JSON, RESULTS_MD = "settings.json", "samples.jsonl", "results.json", "results.md"
 
 
-def record_of(task: str, r: SampleResult) -> dict:
+def record_of(task: str, r: GradedSample) -> dict:
     """The samples.jsonl line of one graded sample."""
-    reasoning, answer = split_reasoning(r.completion, False)
+    reasoning, answer = split_think_block(r.completion, False)
     if r.reasoning is not None:  # the sampler knew better (a prefilled or server-side think block)
         reasoning = r.reasoning
         if "</think>" not in r.completion:  # the think block never closed: no answer part
@@ -43,9 +45,9 @@ def record_of(task: str, r: SampleResult) -> dict:
             "finish_reason": r.finish_reason, "error": r.error, "completion": r.completion}
 
 
-def result_of(rec: dict) -> SampleResult:
-    """The ``SampleResult`` back from a samples.jsonl line (inverse of ``record_of``)."""
-    return SampleResult(rec["problem"], rec["sample"], rec["id"], rec["prompt"], rec["reference"], rec["completion"],
+def result_of(rec: dict) -> GradedSample:
+    """The ``GradedSample`` back from a samples.jsonl line (inverse of ``record_of``)."""
+    return GradedSample(rec["problem"], rec["sample"], rec["id"], rec["prompt"], rec["reference"], rec["completion"],
                         rec["extracted"], rec["correct"], rec["well_formed"], rec["thinking"], rec["length"],
                         rec["finish_reason"], rec.get("reasoning"), rec.get("error"))
 
@@ -127,8 +129,5 @@ class EvalDir:
     # -------------------------------------------------------------------------- results
     def write_results(self, metrics: dict[str, dict], view: dict) -> None:
         """Write results.json and results.md atomically."""
-        from nanoseek.evaluation.report import results_markdown
-        from nanoseek.runs.rundir import to_jsonable
-
         atomic_write_json(self.path / RESULTS_JSON, to_jsonable(metrics))
         atomic_write_text(self.path / RESULTS_MD, results_markdown(metrics, view))

@@ -40,6 +40,8 @@ from pathlib import Path
 
 import torch
 
+from nanoseek.paths import cache_dir
+
 _SOURCE = Path(__file__).with_name("csrc") / "decode_kernels.c"
 _FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
 ROWS_PER_EXPERT = 64  # see routed_experts_ok
@@ -80,8 +82,6 @@ def _build(cc: list[str], out: Path) -> None:
 def library_path(cc: list[str]) -> Path:
     """Where the library built by the compiler command ``cc`` lives:
     ``cache_dir()/kernels/<hash of source, compiler, flags and CPU>/decode_kernels.so``."""
-    from nanoseek.paths import cache_dir
-
     key = hashlib.sha256("\0".join([_SOURCE.read_text(), *cc, *_FLAGS, _cpu_identity()]).encode()).hexdigest()[:16]
     return cache_dir() / "kernels" / key / "decode_kernels.so"
 

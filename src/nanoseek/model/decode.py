@@ -1,9 +1,12 @@
 """The one-token decode step of ``DeepseekV3ForCausalLM``, written for speed over a weight snapshot.
 
-``DeepseekV3ForCausalLM.forward`` calls ``FastDecoder.forward`` for one new token per row with a
-cache and no gradient (every step of ``nanoseek.policy.generate`` and of the server); everything else
-(training, prefill, MTP, ``attn_impl="naive"``) runs the module path. The math is the module path's
-with absorbed attention (DeepSeek-V2 §2.1.3, V3 §2.1.1; "absorb" in the V3 inference code):
+``decode_step(model, input_ids [B, 1], attention_mask, position_ids, past_key_values)`` is what
+generation (``nanoseek.policy.generate``) and the server (``nanoseek.serve.runner``) call for each
+new token: it runs ``FastDecoder`` when it applies (a nanoseek model, a cache, no gradient, no
+autocast, see ``fast_decoder``) and otherwise the model's own ``forward``, which stays the plain
+reference path for everything (training, prefill, MTP, ``attn_impl="naive"``, transformers
+models). The fast step's math is the module path's with absorbed attention (DeepSeek-V2 §2.1.3,
+V3 §2.1.1; "absorb" in the V3 inference code):
 
     scores_h = (q^C_h W^{UK}_h) · c^KV_s + q^R_h · k^R_s        over the cached latent, per head
     o_h      = (Σ_s p_hs c^KV_s) W^{UV}_h
@@ -46,10 +49,15 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules import module as torch_module
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from nanoseek.model import cpu_kernels
-from nanoseek.model.moe import MLP, MoE
+from nanoseek.model.attention import MultiHeadLatentAttention, RMSNorm, RotaryEmbedding
+from nanoseek.model.block import DecoderLayer
+from nanoseek.model.moe import MLP, MoE, RoutedExperts, TopkRouter
+from nanoseek.model.mtp import MTPLayer, SharedHead
+from nanoseek.model.transformer import CausalLMOutput, DeepseekV3ForCausalLM, DeepseekV3Model
 
 _HAS_MKL_LINEAR = (hasattr(torch.ops, "mkl") and hasattr(torch.ops.mkl, "_mkl_linear")
                    and torch.backends.mkl.is_available())
@@ -62,9 +70,10 @@ def _t(w: torch.Tensor) -> torch.Tensor:
     return w.t().contiguous() if w.device.type == "cpu" else w.t()
 
 
-def _rms(x: torch.Tensor, norm: nn.Module, kernel: bool = False) -> torch.Tensor:
-    """``RMSNorm.forward`` (float32 statistics, then the weight) with fewer kernels: one C call
-    (``cpu_kernels.rms_norm``) with ``kernel`` for a float32 ``[M, D]`` ``x``, else ``F.rms_norm``."""
+def fast_rms_norm(x: torch.Tensor, norm: nn.Module, kernel: bool = False) -> torch.Tensor:
+    """The decode step's ``RMSNorm.forward`` (float32 statistics, then the weight) with fewer
+    kernels: one C call (``cpu_kernels.rms_norm``) with ``kernel`` for a float32 ``[M, D]`` ``x``,
+    else ``F.rms_norm``. ``norm`` is the ``RMSNorm`` module whose weight and eps are used."""
     w = norm.weight
     if x.dtype == torch.float32 and w.dtype == torch.float32:
         if kernel and x.dim() == 2 and w.is_contiguous():
@@ -152,22 +161,15 @@ class _Layer:
 
 
 def _submodules(model) -> list[nn.Module]:
-    """Every module below the ``DeepseekV3ForCausalLM`` (the model itself excluded: its own hooks
-    run around ``forward`` whichever path it takes)."""
+    """Every module below the ``DeepseekV3ForCausalLM`` (the model itself excluded: ``_blocked``
+    checks its hooks)."""
     return [m for m in model.modules() if m is not model]
 
 
-def _known_modules() -> frozenset:
-    from nanoseek.model.attention import MultiHeadLatentAttention, RMSNorm, RotaryEmbedding
-    from nanoseek.model.moe import RoutedExperts, TopkRouter
-    from nanoseek.model.mtp import MTPLayer, SharedHead
-    from nanoseek.model.transformer import DecoderLayer, DeepseekV3Model
-
-    return frozenset({DeepseekV3Model, nn.ModuleList, DecoderLayer, MTPLayer, SharedHead, MultiHeadLatentAttention,
-                      RMSNorm, RotaryEmbedding, MoE, TopkRouter, RoutedExperts, MLP, nn.Linear, nn.Embedding})
-
-
-_KNOWN_MODULES = _known_modules()
+# the modules a snapshot knows how to copy; any other class in the tree keeps the module path
+_KNOWN_MODULES = frozenset({DeepseekV3Model, nn.ModuleList, DecoderLayer, MTPLayer, SharedHead,
+                            MultiHeadLatentAttention, RMSNorm, RotaryEmbedding, MoE, TopkRouter, RoutedExperts, MLP,
+                            nn.Linear, nn.Embedding})
 _OPTIMIZER_STEPS = [0]  # optimizer steps taken in this process (any optimizer), see FastDecoder.is_current
 
 
@@ -183,8 +185,8 @@ class FastDecoder:
 
     ``FastDecoder.supports(model)`` says whether it applies; ``FastDecoder(model)`` snapshots the
     weights; ``is_current(model)`` says whether the snapshot still matches the model; ``forward``
-    runs one step and ``logits`` the output head. The model does these checks
-    (``DeepseekV3ForCausalLM.fast_decoder``).
+    runs one step and ``logits`` the output head. ``fast_decoder(model)`` does these checks and
+    keeps the snapshot on the model (``model.decode_snapshot``).
     """
 
     def __init__(self, model) -> None:
@@ -298,8 +300,8 @@ class FastDecoder:
         rot = rope_matrix(cos[:, 0], sin[:, 0], self.config.rope_interleave).to(h.dtype)  # [B, dr, dr]
         routed = []  # topk_idx [B, K] of each MoE layer
         for L in self.layers:
-            h = h + self._attention(L, _rms(h, L.input_norm, self.kernels), rot, attn_bias, cache)
-            x = _rms(h, L.post_norm, self.kernels)
+            h = h + self._attention(L, fast_rms_norm(h, L.input_norm, self.kernels), rot, attn_bias, cache)
+            x = fast_rms_norm(h, L.post_norm, self.kernels)
             if L.dense is not None:
                 h = h + L.dense(x)
                 continue
@@ -314,7 +316,7 @@ class FastDecoder:
             h = h + (r if y is None else r + y)
             routed.append(topk_idx)
         cache.advance(new_mask)
-        return _rms(h, self.final_norm, self.kernels)[:, None], self._expert_load(routed, new_mask[:, 0])
+        return fast_rms_norm(h, self.final_norm, self.kernels)[:, None], self._expert_load(routed, new_mask[:, 0])
 
     def _expert_load(self, routed: list[torch.Tensor], real: torch.Tensor) -> torch.Tensor | None:
         """``[n_moe_layers, E]`` counts of real tokens per expert (MTP rows zero), in one scatter."""
@@ -333,10 +335,10 @@ class FastDecoder:
         qkv = L.in_proj(x)  # [B, nq + c + dr]
         q, kv = qkv[:, : L.nq], qkv[:, L.nq:]  # kv: [c^KV (not normed) ; k (not rotated)]
         if L.q_b is not None:
-            q = L.q_b(_rms(q, L.q_a_norm, self.kernels))
+            q = L.q_b(fast_rms_norm(q, L.q_a_norm, self.kernels))
         q = q.reshape(B, H, dn + self.d_rope)
         k_rope = torch.bmm(kv[:, None, c:], rot)  # k^R = RoPE(k), [B, 1, dr]
-        cache.write(L.index, _rms(kv[:, :c], L.kv_norm, self.kernels)[:, None], k_rope)
+        cache.write(L.index, fast_rms_norm(kv[:, :c], L.kv_norm, self.kernels)[:, None], k_rope)
         if L.c_kernel and cpu_kernels.mla_attention_takes(q, cache.kv[L.index], c):
             o = cpu_kernels.mla_attention(q, rot, L.w_uk, L.w_uv_t, cache.kv[L.index], cache.length + 1, attn_bias,
                                           L.scale)
@@ -380,8 +382,58 @@ class FastDecoder:
 
 def _blocked(model, attention: list[nn.Module]) -> bool:
     """What rules the fast path out whatever the snapshot: ``attn_impl="naive"`` in the config or
-    on one of the ``attention`` modules, or a global module hook (it would not fire)."""
-    from torch.nn.modules import module as _m
-
+    on one of the ``attention`` modules, a forward hook on the model itself, or a global module
+    hook (``decode_step`` does not call ``forward``, so they would not fire)."""
     return (model.config.attn_impl == "naive" or any(a.attn_impl == "naive" for a in attention)
-            or bool(_m._global_forward_hooks or _m._global_forward_pre_hooks))
+            or bool(model._forward_hooks or model._forward_pre_hooks)
+            or bool(torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks))
+
+
+def fast_decoder(model) -> FastDecoder | None:
+    """The ``FastDecoder`` for ``model``'s one-token decode steps, kept in ``model.decode_snapshot``
+    and rebuilt when ``FastDecoder.is_current`` says the model changed since it was made (a
+    parameter, a submodule, an optimizer step); None (and the snapshot dropped) when ``model`` is
+    not a nanoseek ``DeepseekV3ForCausalLM``, its ``use_fast_decode`` is False or
+    ``FastDecoder.supports`` rules it out (adapters, hooks, ``attn_impl="naive"``)."""
+    if not isinstance(model, DeepseekV3ForCausalLM):
+        return None
+    dec = model.decode_snapshot
+    if not model.use_fast_decode:
+        model.decode_snapshot = None
+        return None
+    if dec is not None and dec.is_current(model):
+        return dec
+    model.decode_snapshot = None  # free the old snapshot before building a new one
+    if not FastDecoder.supports(model):
+        return None
+    dec = model.decode_snapshot = FastDecoder(model)
+    return dec
+
+
+def decode_step(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None, past_key_values=None):
+    """Feed one new token per row to a model with a KV cache; what generation and the server call.
+
+    ``input_ids [B, 1]``; ``attention_mask`` ``[B, past+1]`` (or ``[B, 1]``) over the cached and
+    new positions; ``position_ids [B, 1]`` (default: continuing each row's count of real tokens);
+    ``past_key_values`` the cache from the prefill (written, then advanced). Returns the output of
+    ``model(..., use_cache=True)``: for a nanoseek model ``CausalLMOutput`` (logits ``[B, 1, V]``
+    float32, the cache, ``expert_load``, ``hidden_states``).
+
+    The fast path (``FastDecoder``) runs when ``fast_decoder(model)`` gives one and the step is
+    a one-token step with a cache, without gradient and outside autocast; it equals ``forward``
+    within float rounding (1e-5, ``tests/test_decode.py``). Otherwise this is ``model(...)``.
+    Autocast keeps ``forward`` because autocast picks each op's precision and the fast path's
+    fused, reordered products would round differently: in an MoE a near-tie between experts is
+    then decided differently and the token's logits jump (issue 19 item 7).
+    """
+    dec = None
+    if (input_ids.shape[1] == 1 and past_key_values is not None and not torch.is_grad_enabled()
+            and not torch.is_autocast_enabled(input_ids.device.type)):
+        dec = fast_decoder(model)
+    if dec is None:
+        return model(input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                     past_key_values=past_key_values, use_cache=True)
+    new_mask, position_ids = model.token_inputs(input_ids, attention_mask, position_ids, past_key_values)
+    h, expert_load = dec.forward(input_ids, new_mask, position_ids, past_key_values)
+    return CausalLMOutput(dec.logits(h), past_key_values, None, None, expert_load, h)

@@ -29,7 +29,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
+from nanoseek.atomic import atomic_dir
 from nanoseek.errors import NanoseekError
+from nanoseek.model.hf import TransformersLM, save_model
+from nanoseek.paths import cache_dir
 
 
 @dataclass(frozen=True)
@@ -60,13 +65,12 @@ def known_models() -> list[str]:
 
 
 def is_short_name(name) -> bool:
+    """True when ``name`` is a registered short name (``MODELS``)."""
     return isinstance(name, str) and name in MODELS
 
 
 def model_dir(name: str) -> Path:
     """Where the converted folder of ``name`` lives (it may not exist yet)."""
-    from nanoseek.paths import cache_dir
-
     return cache_dir() / "models" / name
 
 
@@ -108,8 +112,6 @@ def ensure_model(name: str, force: bool = False, log=_stderr) -> Path:
     if log:
         log(f"converting {gguf.name} into {final} (once; about 20 s)")
     t0 = time.perf_counter()
-    from nanoseek.atomic import atomic_dir
-
     with atomic_dir(final) as tmp:
         _convert_gguf(gguf, tmp)
         (tmp / "nanoseek_source.json").write_text(json.dumps(_provenance(name, gguf, time.perf_counter() - t0),
@@ -133,8 +135,6 @@ def _provenance(name: str, gguf: Path, seconds: float) -> dict:
 def load_gguf(gguf: Path):
     """``(model, tokenizer)`` read from a GGUF file by transformers, dequantised to a plain float32
     model with no quantization config (so ``save_pretrained`` accepts it)."""
-    import torch
-
     try:
         import transformers
         import gguf as _gguf  # noqa: F401  (transformers needs it to read the file)
@@ -158,8 +158,5 @@ def load_gguf(gguf: Path):
 
 
 def _convert_gguf(gguf: Path, out: Path) -> None:
-    from nanoseek.runs.checkpoint import save_model_folder
-    from nanoseek.model.hf import TransformersLM
-
     hf, tok = load_gguf(gguf)
-    save_model_folder(out, TransformersLM(hf), tok)
+    save_model(TransformersLM(hf), out, tok)

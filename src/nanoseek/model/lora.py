@@ -17,6 +17,7 @@ import contextlib
 from pathlib import Path
 
 from nanoseek.errors import NanoseekError
+from nanoseek.model.hf import TransformersLM
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -35,8 +36,6 @@ def apply_lora(model, r: int, alpha: float, dropout: float = 0.0, targets: list[
     Raises ``NanoseekError`` for a nanoseek-native model (LoRA is for ``transformers`` policies)
     or when peft is not installed.
     """
-    from nanoseek.model.hf import TransformersLM
-
     if not isinstance(model, TransformersLM):
         raise NanoseekError("grpo.lora_r > 0 needs a transformers policy (--model a Hugging Face folder); "
                             f"got a {type(model).__name__}")

@@ -71,7 +71,10 @@ class TopkRouter(nn.Module):
         self.register_buffer("e_score_correction_bias", torch.zeros(self.n_experts, dtype=torch.float32))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        scores = F.linear(x.float(), self.weight.float()).sigmoid()  # s_{i,t}, eq. 15
+        # gating in float32 (V3 §3.3) also under autocast, which would run this product in bfloat16:
+        # bfloat16 affinities (8 bits) turn near-ties between experts into rounding-decided choices
+        with torch.autocast(x.device.type, enabled=False):
+            scores = F.linear(x.float(), self.weight.float()).sigmoid()  # s_{i,t}, eq. 15
         topk_idx, weight = self.select(scores)
         return scores, topk_idx, weight
 

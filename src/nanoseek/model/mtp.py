@@ -16,8 +16,9 @@ those engines feed it).
 
 Checkpoint names (``model.layers.{L+k-1}.``): ``enorm``, ``hnorm``, ``eh_proj``, ``shared_head.norm``,
 the block's ``input_layernorm``/``self_attn``/``post_attention_layernorm``/``mlp``, and in the
-released files also copies of the shared ``embed_tokens`` and ``shared_head.head``; those two are
-written by ``nanoseek.model.hf.save_pretrained`` and ignored on load (they are the shared tensors).
+released files also copies of the shared ``embed_tokens`` and ``shared_head.head``
+(``SHARED_COPIES``); those two are written by ``DeepseekV3ForCausalLM.save_pretrained`` and ignored
+on load (they are the shared tensors).
 """
 
 from __future__ import annotations
@@ -28,7 +29,11 @@ from torch import nn
 
 from nanoseek.model.attention import RMSNorm
 from nanoseek.model.config import ModelConfig
-from nanoseek.model.transformer import DecoderLayer
+from nanoseek.model.block import DecoderLayer
+
+# Tensor names (after ``model.layers.{L+k-1}.``) that the release stores in every MTP module as
+# copies of the main model's embedding and output head: written on save, skipped on load (V3 §2.2).
+SHARED_COPIES = ("embed_tokens.weight", "shared_head.head.weight")
 
 
 class SharedHead(nn.Module):

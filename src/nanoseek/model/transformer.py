@@ -9,14 +9,18 @@ so ``state_dict()`` loads and saves checkpoints without renaming.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from nanoseek.model.attention import MLACache, MultiHeadLatentAttention, RMSNorm, RotaryEmbedding
+from nanoseek.model.attention import MLACache, RMSNorm, RotaryEmbedding
+from nanoseek.model.block import DecoderLayer
 from nanoseek.model.config import ModelConfig
-from nanoseek.model.moe import MLP, MoE, RoutedExperts
+from nanoseek.model.moe import MoE, RoutedExperts
+from nanoseek.model.mtp import SHARED_COPIES, MTPLayer
 
 
 @dataclass
@@ -41,36 +45,11 @@ class CausalLMOutput:
     hidden_states: torch.Tensor | None = None
 
 
-class DecoderLayer(nn.Module):
-    """Pre-norm block: ``h + MLA(norm(h))`` then ``+ FFN(norm(.))``; FFN is MoE from
-    ``first_k_dense_replace`` on (V3 §4.2). ``forward -> (h, load | None, aux | None)``."""
-
-    def __init__(self, config: ModelConfig, layer_idx: int) -> None:
-        super().__init__()
-        self.layer_idx = layer_idx
-        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.self_attn = MultiHeadLatentAttention(config)
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.is_moe = config.is_moe_layer(layer_idx)
-        self.mlp = MoE(config) if self.is_moe else MLP(config.hidden_size, config.intermediate_size, config.hidden_act)
-
-    def forward(self, h: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None,
-                cache: MLACache | None = None, token_mask: torch.Tensor | None = None, want_aux: bool = False):
-        h = h + self.self_attn(self.input_layernorm(h), *rope, mask=mask, cache=cache, layer_idx=self.layer_idx)
-        x = self.post_attention_layernorm(h)
-        if self.is_moe:
-            y, load, aux = self.mlp(x, token_mask, want_aux)
-            return h + y, load, aux
-        return h + self.mlp(x), None, None
-
-
 class DeepseekV3Model(nn.Module):
     """``embed_tokens``, ``layers`` (L main blocks followed by D MTP modules) and ``norm``."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        from nanoseek.model.mtp import MTPLayer  # mtp.py builds on DecoderLayer (defined here)
-
         L = config.num_hidden_layers
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList([DecoderLayer(config, i) for i in range(L)])
@@ -84,13 +63,20 @@ class DeepseekV3ForCausalLM(nn.Module):
 
     ``forward(input_ids [B, T], attention_mask [B, T] or [B, past+T] (1 = real, left padding),
     position_ids [B, T] (default: cumsum(mask) − 1 continuing the cache), past_key_values,
-    use_cache, return_mtp, logits_to_keep) -> CausalLMOutput``.
+    use_cache, return_mtp, logits_to_keep) -> CausalLMOutput`` is the plain reference path, used
+    for everything (training, prefill, MTP, one-token steps alike). The fast one-token decode step
+    is a separate engine that generation and the server ask for explicitly
+    (``nanoseek.model.decode.decode_step``); it keeps its weight snapshot in ``decode_snapshot``.
+    ``save_pretrained(directory)`` writes a Hugging Face folder, as transformers models do.
     """
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        self.use_fast_decode = True  # one-token steps without gradient use model/decode.py
+        # read by nanoseek.model.decode: whether decode_step may use the fast path (False: it runs
+        # forward), and the FastDecoder weight snapshot it keeps for this model (None: none yet)
+        self.use_fast_decode = True
+        self.decode_snapshot = None
         self.model = DeepseekV3Model(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
@@ -149,34 +135,42 @@ class DeepseekV3ForCausalLM(nn.Module):
         w = self.model.embed_tokens.weight
         return MLACache.for_config(self.config, batch, capacity, dtype=w.dtype, device=w.device)
 
-    def fast_decoder(self):
-        """The ``FastDecoder`` (``nanoseek.model.decode``) for one-token decode steps, rebuilt when
-        ``FastDecoder.is_current`` says the model changed since it was made (a parameter, a
-        submodule, an optimizer step); None when ``use_fast_decode`` is False or
-        ``FastDecoder.supports`` rules it out (adapters, hooks, ``attn_impl="naive"``)."""
-        from nanoseek.model.decode import FastDecoder
-
-        dec = getattr(self, "_fast_decoder", None)
-        if not self.use_fast_decode:
-            self._fast_decoder = None
-            return None
-        if dec is not None and dec.is_current(self):
-            return dec
-        self._fast_decoder = None  # free the old snapshot before building a new one
-        if not FastDecoder.supports(self):
-            return None
-        dec = self._fast_decoder = FastDecoder(self)
-        return dec
-
     def reset_fast_decoder(self) -> None:
         """Drop the decode snapshot, e.g. after changing weights through ``.data`` (which leaves no
-        trace the snapshot could check); the next decode step takes a new one."""
-        self._fast_decoder = None
+        trace the snapshot could check); the next fast decode step takes a new one."""
+        self.decode_snapshot = None
 
     def __getstate__(self):  # copies and pickles do not carry the decode snapshot
         state = self.__dict__.copy()
-        state.pop("_fast_decoder", None)
+        state["decode_snapshot"] = None
         return state
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write ``config.json`` + ``model.safetensors`` into ``directory`` (created if needed), with
+        the released checkpoint's tensor names, as transformers' ``save_pretrained`` does: the
+        folder loads with ``transformers.AutoModelForCausalLM.from_pretrained`` and
+        ``nanoseek.load_model``.
+
+        A tied ``lm_head`` is not written; each MTP module also gets copies of the shared
+        ``embed_tokens`` and ``shared_head.head`` (``mtp.SHARED_COPIES``), as in the released V3
+        checkpoint. Tokenizer files are not written here (``nanoseek.save_model`` does both).
+        """
+        from safetensors.torch import save_file  # only saving needs safetensors; the core is torch only
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        c = self.config
+        # clone: state_dict entries of the stacked experts are views, safetensors wants separate storage
+        state = {k: v.detach().cpu().contiguous().clone() for k, v in self.state_dict().items()}
+        if c.tie_word_embeddings:
+            state.pop("lm_head.weight")
+        embed, head = SHARED_COPIES
+        for k in range(c.num_nextn_predict_layers):
+            pre = f"model.layers.{c.num_hidden_layers + k}."
+            state[pre + embed] = self.model.embed_tokens.weight.detach().cpu().clone()
+            state[pre + head] = self.lm_head.weight.detach().cpu().clone()
+        c.save(directory)
+        save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
 
     @torch.no_grad()
     def update_expert_bias(self, expert_load: torch.Tensor) -> None:
@@ -196,19 +190,20 @@ class DeepseekV3ForCausalLM(nn.Module):
             moe.update_bias(load, gamma)
 
     # ------------------------------------------------------------------------------- forward
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                position_ids: torch.Tensor | None = None, past_key_values: MLACache | None = None,
-                use_cache: bool = False, return_mtp: bool = False, logits_to_keep: int = 0) -> CausalLMOutput:
-        B, T = input_ids.shape
-        device = input_ids.device
-        cache = past_key_values
-        if cache is None and use_cache:
-            cache = self.new_cache(B, T)
-        past = cache.length if cache is not None else 0
+    def token_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                     position_ids: torch.Tensor | None, cache: MLACache | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The new tokens' padding mask and RoPE positions, as ``forward`` and the fast decode step read them.
 
-        # key padding mask over all S = past + T positions; new_mask for the T new tokens
+        ``input_ids [B, T]``; ``attention_mask`` None (all real), ``[B, T]`` or ``[B, past+T]`` over
+        the cached and new positions; ``position_ids`` None (default: each row's count of real
+        tokens so far, ``cumsum(mask) − 1`` continuing ``cache.n_real``) or ``[B, T]``. Returns
+        ``(new_mask [B, T] bool, position_ids [B, T])``; ``ValueError`` when the mask has another
+        number of columns.
+        """
+        B, T = input_ids.shape
+        past = cache.length if cache is not None else 0
         if attention_mask is None:
-            new_mask = torch.ones(B, T, dtype=torch.bool, device=device)
+            new_mask = torch.ones(B, T, dtype=torch.bool, device=input_ids.device)
         elif attention_mask.shape[1] == past + T:
             new_mask = attention_mask[:, past:].bool()
         elif attention_mask.shape[1] == T:
@@ -218,25 +213,19 @@ class DeepseekV3ForCausalLM(nn.Module):
         if position_ids is None:
             start = cache.n_real[:, None] if cache is not None else 0
             position_ids = (start + new_mask.long().cumsum(1) - 1).clamp_min(0)
-        if T == 1 and cache is not None and not return_mtp and not torch.is_grad_enabled():
-            decoder = self.fast_decoder()
-            if decoder is not None:  # the decode step of generation and serving (model/decode.py)
-                h, expert_load = decoder.forward(input_ids, new_mask, position_ids, cache)
-                return CausalLMOutput(decoder.logits(h), cache, None, None, expert_load, h)
-        if cache is not None:
-            key_mask = torch.cat([cache.mask[:, :past], new_mask], dim=1)
-        else:
-            key_mask = new_mask
+        return new_mask, position_ids
 
-        padded = not bool(key_mask.all())
-        mask = None  # None = plain causal (see MultiHeadLatentAttention)
-        if padded:
-            S = past + T
-            causal = torch.ones(T, S, dtype=torch.bool, device=device).tril(past)
-            mask = key_mask[:, None, None, :] & causal  # [B, 1, T, S]
-            # a query that sees no real key (a left-pad row) attends to itself: keeps softmax finite
-            diag = torch.arange(S, device=device)[None, :] == torch.arange(past, S, device=device)[:, None]
-            mask = mask | diag
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None, past_key_values: MLACache | None = None,
+                use_cache: bool = False, return_mtp: bool = False, logits_to_keep: int = 0) -> CausalLMOutput:
+        B, T = input_ids.shape
+        cache = past_key_values
+        if cache is None and use_cache:
+            cache = self.new_cache(B, T)
+        new_mask, position_ids = self.token_inputs(input_ids, attention_mask, position_ids, cache)
+        key_mask = torch.cat([cache.mask[:, :cache.length], new_mask], dim=1) if cache is not None else new_mask
+        mask = _padded_causal_mask(key_mask, T)
+        padded = mask is not None
 
         if cache is not None:
             cache.reserve(T)
@@ -261,7 +250,7 @@ class DeepseekV3ForCausalLM(nn.Module):
             loads += mtp_loads
             auxes += mtp_aux
         else:
-            loads += [torch.zeros(self.config.n_routed_experts, device=device)
+            loads += [torch.zeros(self.config.n_routed_experts, device=input_ids.device)
                       for m in self.mtp_layers if m.is_moe]
 
         hk = h[:, -logits_to_keep:] if logits_to_keep > 0 else h
@@ -294,3 +283,17 @@ class DeepseekV3ForCausalLM(nn.Module):
             if aux is not None:
                 auxes.append(aux)
         return logits, loads, auxes
+
+
+def _padded_causal_mask(key_mask: torch.Tensor, T: int) -> torch.Tensor | None:
+    """The attention mask of ``T`` new queries over ``key_mask [B, S]`` (True = real key, the new
+    tokens last): None when nothing is padded (plain causal, see ``MultiHeadLatentAttention``), else
+    bool ``[B, 1, T, S]``, causal and padding-masked."""
+    if bool(key_mask.all()):
+        return None
+    S, device = key_mask.shape[1], key_mask.device
+    past = S - T
+    causal = torch.ones(T, S, dtype=torch.bool, device=device).tril(past)
+    # a query that sees no real key (a left-pad row) attends to itself: keeps its softmax finite
+    diag = torch.arange(S, device=device)[None, :] == torch.arange(past, S, device=device)[:, None]
+    return (key_mask[:, None, None, :] & causal) | diag

@@ -11,7 +11,9 @@ rounding of batched matmuls). Finished rows are dropped from the batch (and the 
 ``model`` is a nanoseek ``DeepseekV3ForCausalLM`` (latent ``MLACache``) or any model with the
 transformers calling convention ``model(input_ids, attention_mask=..., position_ids=...,
 past_key_values=..., use_cache=True) -> .logits, .past_key_values`` (e.g. the wrapper from
-``nanoseek.model.hf``).
+``nanoseek.model.hf``). The prompt is prefilled with the model's forward; each later token goes
+through ``nanoseek.model.decode.decode_step``, which takes nanoseek's fast decode path where it
+applies and is the plain forward otherwise.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import torch
+
+from nanoseek.model.decode import decode_step
 
 
 @dataclass
@@ -91,8 +95,15 @@ def _make_generators(n: int, params: SamplingParams, seeds: list[int] | None, de
     return gens
 
 
-def _filter_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
-    """Temperature, then top-k, then top-p (nucleus) on ``logits [N, V]`` float32."""
+def filter_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """Temperature, then top-k, then top-p (nucleus) on ``logits [N, V]`` float32.
+
+    Returns new ``[N, V]`` logits with the filtered-out tokens at ``-inf`` (softmax gives the
+    sampling distribution). Top-p keeps the smallest set of most likely tokens whose mass reaches
+    ``params.top_p`` (Holtzman et al. 2020). ``params.temperature`` must be > 0 (greedy decoding
+    takes the argmax instead). The one filter used by every sampler: ``generate``,
+    ``generate_static`` and the server (``nanoseek.serve.runner.sample_row``).
+    """
     logits = logits / params.temperature
     if params.top_k and params.top_k < logits.shape[-1]:
         kth = logits.topk(params.top_k, dim=-1).values[:, -1:]
@@ -124,7 +135,7 @@ def _sample(logits: torch.Tensor, params: SamplingParams, gens: list[torch.Gener
     """One token per row of ``logits [N, V]``; row j draws only from ``gens[j]``."""
     if params.temperature == 0:
         return logits.argmax(-1)
-    probs = _filter_logits(logits, params).softmax(-1)
+    probs = filter_logits(logits, params).softmax(-1)
     return torch.cat([torch.multinomial(probs[j], 1, generator=gens[j]) for j in range(len(gens))])
 
 
@@ -220,8 +231,9 @@ def _stream(model, prompts, params, pad_token_id, seeds) -> Iterator[list[TokenE
             rows, tok, next_pos, mask = rows[idx], tok[idx], next_pos[idx], mask[idx]
             cache = _select_cache(cache, idx)
         mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
-        out = model(tok[:, None], attention_mask=mask, position_ids=next_pos[:, None], past_key_values=cache,
-                    use_cache=True)
+        # the fast one-token step (nanoseek.model.decode) where it applies, else the model's forward
+        out = decode_step(model, tok[:, None], attention_mask=mask, position_ids=next_pos[:, None],
+                          past_key_values=cache)
         cache = out.past_key_values
         next_pos = next_pos + 1
 

@@ -32,7 +32,7 @@ from typing import Callable
 
 import torch
 
-from nanoseek.policy.generate import Completion, SamplingParams, _filter_logits
+from nanoseek.policy.generate import Completion, SamplingParams, filter_logits
 from nanoseek.model.hf_fast import FastLM, base_lm, supports
 
 __all__ = ["generate_static", "supports"]
@@ -55,7 +55,7 @@ def _sample(logits: torch.Tensor, params: SamplingParams, u: torch.Tensor) -> to
     """Inverse-CDF sampling: one token per row of ``logits [N, V]`` at uniforms ``u [N]`` (float64)."""
     if params.temperature == 0:
         return logits.argmax(-1)
-    probs = _filter_logits(logits, params).softmax(-1).double()
+    probs = filter_logits(logits, params).softmax(-1).double()
     cdf = probs.cumsum(-1)                                                 # (N, V)
     tok = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)[:, 0]
     # never pick a zero-probability token (rounding at the top end of the CDF)

@@ -1,11 +1,12 @@
 """The policy: a causal LM plus its tokenizer, seen as "prompts in, completions out".
 
-``Policy`` is the one interface that training, evaluation, rejection sampling and serving use:
+``Policy`` is the one interface that training, evaluation and rejection sampling use:
 ``generate(prompt_ids, params, seeds)`` returns ``Completion`` objects (exact sampled token ids,
-finish reason), and ``completion_logprobs(batch)`` returns per-token log-probabilities of
-completions given their prompts for the GRPO loss. It wraps nanoseek's own DeepSeek-V3 model
-(fast batched generation with the latent KV cache, ``nanoseek.policy.generate``) or any
-``transformers`` causal LM (generation through ``model.generate``).
+finish reason, log-probs), and ``completion_logits(batch)`` returns the logits that predict each
+completion token given its prompt (the GRPO loss takes its log-probabilities from them). It wraps
+nanoseek's own DeepSeek-V3 model (batched generation with the latent KV cache) or any
+``transformers`` causal LM (the same loop over its ``DynamicCache``), both through
+``nanoseek.policy.generate``. The server has its own face, ``nanoseek.serve.chat_model.ChatModel``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from nanoseek.errors import NanoseekError
 from nanoseek.policy.generate import Completion, SamplingParams, generate
 from nanoseek.tokenizer import render_prompt, stop_token_ids, template_prefills_think
 
@@ -74,14 +76,9 @@ class Policy:
         self.system_prompt = system_prompt
         self.stop_ids = stop_token_ids(tokenizer)
         if not self.stop_ids:
-            from nanoseek.errors import NanoseekError
-
             raise NanoseekError("the tokenizer has no EOS token, so completions could never stop")
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
         self.think_prefilled = template_prefills_think(tokenizer)
-        from nanoseek.model.transformer import DeepseekV3ForCausalLM
-
-        self.native = isinstance(model, DeepseekV3ForCausalLM)
 
     # -- text ---------------------------------------------------------------------------------
     def prompt_text(self, question: str) -> str:

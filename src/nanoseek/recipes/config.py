@@ -1,12 +1,14 @@
-"""The recipe configs: ``[run]``, ``[task]`` and the R1-Zero recipe ``ZeroConfig`` that R1 and distillation extend."""
+"""The recipe configs: ``[run]``, ``[task]``, ``[model]`` and the R1-Zero recipe ``ZeroConfig`` that R1
+and distillation extend, and how recipe configs are built from and written back to TOML."""
 
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nanoseek.config import build, load_config_dict
+from nanoseek.config import build, check_type, load_config_dict, to_dict
 from nanoseek.errors import NanoseekError
 from nanoseek.evaluation.evaluate import EvalConfig
 from nanoseek.rl.config import GRPOConfig
@@ -38,23 +40,70 @@ class TaskConfig:
 
 
 @dataclass
+class ModelSource:
+    """Where a recipe's model comes from: its ``[model]`` table (``[student]`` in distillation).
+
+    ``path = "..."`` loads a model (a run directory, checkpoint, Hugging Face folder or short name;
+    ``model.load.resolve_model_dir``). Without a path the table's keys are ``ModelConfig`` fields
+    (the DeepSeek-V3 ``config.json`` names) of a fresh model that the recipe pretrains
+    (``recipes.common.fresh_model``: vocabulary size and special token ids default to the
+    tokenizer's). ``config`` keeps those keys as given, so ``to_table`` writes the table back as read.
+    """
+
+    path: str | None = None
+    config: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_table(cls, table, where: str = "model") -> ModelSource:
+        """The source a TOML table describes. Raises ``NanoseekError`` when it is not a table or its
+        ``path`` is not a string."""
+        table = check_type(table, "dict", where)
+        path = check_type(table.get("path"), "str | None", f"{where}.path")
+        return cls(path=path, config={k: v for k, v in table.items() if k != "path"})
+
+    def to_table(self) -> dict:
+        """The TOML table this source was read from (``from_table`` of it gives it back)."""
+        return {**self.config, "path": self.path} if self.path is not None else dict(self.config)
+
+
+@dataclass
 class ZeroConfig:
     """The R1-Zero recipe: optional base pretraining, then GRPO, evaluated before and after."""
 
     run: RunConfig = field(default_factory=RunConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
-    model: dict = field(default_factory=dict)  # ModelConfig fields (DeepSeek-V3 names), or {"path": ...}
+    model: ModelSource = field(default_factory=ModelSource)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+
+def build_recipe(cls, data: dict):
+    """``config.build`` for a recipe dataclass whose ``ModelSource`` fields (``model``, ``student``)
+    are read from their tables by ``ModelSource.from_table``. Raises ``NanoseekError`` as
+    ``config.build`` does."""
+    hints = typing.get_type_hints(cls)
+    sources = {f.name for f in dataclasses.fields(cls) if hints[f.name] is ModelSource}
+    cfg = build(cls, {k: v for k, v in data.items() if k not in sources})
+    for name in sources & data.keys():
+        setattr(cfg, name, ModelSource.from_table(data[name], name))
+    return cfg
+
+
+def recipe_dict(cfg) -> dict:
+    """The plain-dict form of a recipe config (what ``RunDir`` stores as config.toml): ``config.to_dict``
+    with every ``ModelSource`` written back as its table."""
+    out = to_dict(cfg)
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if isinstance(value, ModelSource):
+            out[f.name] = value.to_table()
+    return out
 
 
 def build_zero_config(data: dict) -> ZeroConfig:
     """Build and validate a ``ZeroConfig`` from a dict (unknown keys raise ``NanoseekError``)."""
-    return build(ZeroConfig, data)
+    return build_recipe(ZeroConfig, data)
 
 
 def resume_or_recipe_dict(resume: str | None, recipe: str) -> dict:

@@ -3,52 +3,48 @@
 The table has one row per stage (base, R1-Zero, then the four R1 stages) with pass@1, well-formed
 rate, thinking share, mean completion length and the stage's wall time; below it the rejection
 sampling counts (what each filter dropped), a plot of pass@1 after each stage, and links to each
-stage's own report (training curves, sample completions).
+stage's own report (training curves, sample completions). The stage table (names and titles) is the
+pipeline's own (``R1Pipeline.stages`` / ``titles``), read from the pipeline object given.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from nanoseek.atomic import atomic_write_text
+from nanoseek.recipes.common import read_json
+from nanoseek.recipes.rejection import counts_table
+from nanoseek.runs.plots import PlotSpec, plot_run
 from nanoseek.runs.report import format_duration, markdown_table
 
 ROW_KEYS = (("pass@1", "pass@1"), ("well-formed", "well_formed"), ("thinking", "thinking"), ("mean length", "mean_length"))
 
 
-def _read(path: Path):
-    return json.loads(path.read_text()) if path.exists() else None
-
-
 def stage_rows(pipe) -> list[dict]:
-    """One dict per stage that has an evaluation: ``stage``, ``title``, metrics, ``wall_seconds``."""
-    from nanoseek.recipes.r1 import STAGE_TITLES, STAGES
-
-    walls = _read(pipe.path / "stage_seconds.json") or {}
+    """One dict per stage of ``pipe.stages`` that has an evaluation: ``stage``, ``title``, metrics,
+    ``wall_seconds``."""
+    walls = read_json(pipe.path / "stage_seconds.json") or {}
     rows = []
-    for stage in STAGES:
+    for stage in pipe.stages:
         m = pipe.evaluation(stage)
         if m is None:
             continue
-        rows.append({"stage": stage, "title": STAGE_TITLES[stage], **{k: m.get(k) for _, k in ROW_KEYS},
+        rows.append({"stage": stage, "title": pipe.titles[stage], **{k: m.get(k) for _, k in ROW_KEYS},
                      "n": m.get("n"), "samples": m.get("samples"), "wall_seconds": walls.get(stage)})
     return rows
 
 
 def write_r1_report(pipe, wall: float) -> dict:
     """Write ``summary.json``, ``plots/stages.png`` and ``report.md`` for the pipeline's run; return the summary."""
-    from nanoseek.atomic import atomic_write_text
-    from nanoseek.runs.plots import PlotSpec, plot_run
-
     run, path = pipe.run, pipe.path
     rows = stage_rows(pipe)
     by = {r["stage"]: r for r in rows}
-    r1_stages = [s for s in ("cold_start", "reasoning_rl", "rejection_sft", "all_rl") if s in by]
-    walls = _read(path / "stage_seconds.json") or {}
+    r1_stages = [s for s in pipe.stages[2:] if s in by]  # after base and zero: the four R1 stages
+    walls = read_json(path / "stage_seconds.json") or {}
     summary = {"task": pipe.task.name, "command": pipe.command, "stages": by,
                "base": pipe.evaluation("base"), "zero": pipe.evaluation("zero") if pipe.cfg.compare_zero else None,
                "final": pipe.evaluation(r1_stages[-1]) if r1_stages else None, "final_stage": r1_stages[-1] if r1_stages else None,
-               "rejection": _read(path / "rejection" / "counts.json"), "cold_start_data": _read(path / "cold_start_counts.json"),
+               "rejection": read_json(path / "rejection" / "counts.json"), "cold_start_data": read_json(path / "cold_start_counts.json"),
                "wall_seconds": round(sum(walls.values()), 1), "wall_seconds_this_call": round(wall, 1)}
     run.write_summary(summary)
 
@@ -78,8 +74,6 @@ def write_r1_report(pipe, wall: float) -> dict:
                   f"well-formed {f['well_formed']:.3f} vs {z['well_formed']:.3f}.", ""]
     counts = summary["rejection"]
     if counts:
-        from nanoseek.recipes.rejection import counts_table
-
         lines += ["## Rejection sampling (stage 3)", "",
                   f"{counts['kept']} reasoning samples kept from {counts['candidates']} candidates, plus "
                   f"{counts.get('non_reasoning', 0)} non-reasoning chats; SFT of the base model on "
@@ -91,7 +85,7 @@ def write_r1_report(pipe, wall: float) -> dict:
     for p in plots:
         lines += ["## Curves", "", f"![{Path(p).stem}](plots/{Path(p).name})", ""]
     links = [f"- {by[s]['title'] if s in by else s}: [`{s}/report.md`]({s}/report.md)"
-             for s in ("zero", "cold_start", "reasoning_rl", "rejection_sft", "all_rl") if (path / s / "report.md").exists()]
+             for s in pipe.stages[1:] if (path / s / "report.md").exists()]
     if links:
         lines += ["## Stage reports (training curves, sample completions)", ""] + links + [""]
     atomic_write_text(run.report_path, "\n".join(lines).rstrip("\n") + "\n")

@@ -42,15 +42,24 @@ from pathlib import Path
 
 import numpy as np
 
+from nanoseek.atomic import atomic_write_json, atomic_write_text
 from nanoseek.errors import NanoseekError
+from nanoseek.evaluation.endpoint import EndpointConfig
+from nanoseek.evaluation.evaluate import split_think_block
+from nanoseek.evaluation.run import EndpointSampler, EvalSettings, LocalSampler, model_run_config, user_message
+from nanoseek.progress import Progress
+from nanoseek.recipes.common import load_policy
+from nanoseek.rewards.rules import language_share
+from nanoseek.runs.report import markdown_table
+from nanoseek.tasks.decontaminate import build_index
 
 FILTERS = ("contaminated", "incorrect", "too_long", "malformed", "code_block", "long_paragraph", "repetition",
            "mixed_language", "duplicate", "per_prompt_cap")
 
 
 @dataclass
-class SampleConfig:
-    """Rejection sampling and its filters (see the module docstring)."""
+class RejectionSamplingConfig:
+    """Rejection sampling and its filters (see the module docstring); the ``[sample]`` table."""
 
     split: str = "train"
     prompts: int = 256
@@ -120,9 +129,7 @@ def repetition_loop(text: str, min_chars: int = 8, min_times: int = 4, max_perio
 
 def mixed_language(text: str, language: str = "en", min_share: float = 0.95) -> bool:
     """True when ``text`` has words and fewer than ``min_share`` of them are in ``language``'s script
-    (``rewards.language_share``). Text without words (``7+3=0 0-9=1``) is not mixed."""
-    from nanoseek.rewards.rules import language_share
-
+    (``rewards.rules.language_share``). Text without words (``7+3=0 0-9=1``) is not mixed."""
     words = re.findall(r"[^\W\d_]+", text)
     if not any(len(w) > 1 or not w.isascii() for w in words):
         return False
@@ -133,7 +140,7 @@ def _paragraphs(text: str) -> list[str]:
     return [p for p in re.split(r"\n\s*\n", text) if p.strip()]
 
 
-def first_failed_filter(c: Candidate, cfg: SampleConfig, index=None) -> str | None:
+def first_failed_filter(c: Candidate, cfg: RejectionSamplingConfig, index=None) -> str | None:
     """The first filter (``FILTERS`` order, up to ``mixed_language``) that drops ``c``, or None."""
     if index is not None and index.is_contaminated(c.prompt, cfg.decontam_threshold):
         return "contaminated"
@@ -155,7 +162,7 @@ def first_failed_filter(c: Candidate, cfg: SampleConfig, index=None) -> str | No
     return None
 
 
-def filter_candidates(cands: list[Candidate], cfg: SampleConfig, index=None) -> tuple[list[Candidate], dict, list]:
+def filter_candidates(cands: list[Candidate], cfg: RejectionSamplingConfig, index=None) -> tuple[list[Candidate], dict, list]:
     """Apply every filter in order. Returns ``(kept, counts, reasons)``: ``counts[name]`` is how many
     candidates that filter dropped (every name in ``FILTERS`` present), ``reasons[i]`` why
     candidate i was dropped (None: kept)."""
@@ -194,22 +201,19 @@ def chat_record(c: Candidate, system_prompt: str | None = None, source: str | No
 
 
 # ------------------------------------------------------------------------------------- sampling
-def choose_examples(task, cfg: SampleConfig) -> list:
+def choose_examples(task, cfg: RejectionSamplingConfig) -> list:
     """The first ``cfg.prompts`` examples of ``cfg.split`` in a ``cfg.seed`` shuffle (0: all)."""
     examples = list(task.examples(cfg.split))
     random.Random(cfg.seed).shuffle(examples)
     return examples[:cfg.prompts] if cfg.prompts else examples
 
 
-def rejection_sample(sampler, task, cfg: SampleConfig, index=None, progress=None) -> tuple[list[dict], dict]:
-    """Sample, grade and filter with ``sampler`` (an ``eval_run`` sampler); return ``(records, counts)``.
+def rejection_sample(sampler, task, cfg: RejectionSamplingConfig, index=None, progress=None) -> tuple[list[dict], dict]:
+    """Sample, grade and filter with ``sampler`` (a ``nanoseek.evaluation.run`` sampler); return ``(records, counts)``.
 
     ``counts`` has ``prompts``, ``contaminated_prompts``, ``candidates``, one entry per filter,
     ``kept`` and ``kept_prompts`` (prompts with at least one kept sample).
     """
-    from nanoseek.evaluation.run import EvalSettings, user_message
-    from nanoseek.evaluation.evaluate import split_reasoning
-
     examples = choose_examples(task, cfg)
     clean = [e for e in examples if index is None or not index.is_contaminated(e.prompt, cfg.decontam_threshold)]
     questions = [user_message(e.prompt, task, sampler.style, cfg.instruction) for e in clean]
@@ -230,7 +234,7 @@ def rejection_sample(sampler, task, cfg: SampleConfig, index=None, progress=None
     for r in sorted(results, key=lambda r: (r.problem, r.sample)):
         if r.error is not None:
             continue
-        reasoning, content = split_reasoning(r.completion, prefilled)
+        reasoning, content = split_think_block(r.completion, prefilled)
         cands.append(Candidate(r.prompt, r.completion, reasoning, content, r.correct, r.well_formed, r.length,
                                r.finish_reason, r.id, r.answer, r.sample))
     kept, counts, _ = filter_candidates(cands, cfg, index)
@@ -244,15 +248,11 @@ def rejection_sample(sampler, task, cfg: SampleConfig, index=None, progress=None
 
 def write_jsonl(path: Path, records: list[dict]) -> Path:
     """Write ``records`` as JSON lines, atomically."""
-    from nanoseek.atomic import atomic_write_text
-
     return atomic_write_text(Path(path), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
 def counts_table(counts: dict) -> str:
     """The filter counts as a Markdown table (what each filter dropped, and what was kept)."""
-    from nanoseek.runs.report import markdown_table
-
     rows = [["prompts", counts["prompts"]], ["prompts screened out (contaminated)", counts["contaminated_prompts"]],
             ["candidates sampled", counts["candidates"]]]
     rows += [[f"dropped: {name}", counts[name]] for name in FILTERS]
@@ -260,45 +260,48 @@ def counts_table(counts: dict) -> str:
     return markdown_table(["", "count"], rows, align="lr")
 
 
-def build_sampler(model: str, endpoint: str | None = None, api_key: str | None = None, batch_size: int = 256,
-                  system_prompt: str | None = None):
-    """An ``eval_run`` sampler for a local model (run directory, checkpoint, HF folder) or an endpoint."""
-    from nanoseek.evaluation.run import EndpointSampler, LocalSampler
+def decontamination_index(cfg: RejectionSamplingConfig, task, data_dir=None):
+    """The n-gram index of the evaluation problems that ``task``'s prompts are screened against
+    (``nanoseek.tasks.decontaminate``; ``cfg.eval_tasks``, else every task nanoseek knows), or None
+    when ``cfg.decontaminate`` is off."""
+    if not cfg.decontaminate:
+        return None
+    return build_index(data_dir, [task], cfg.decontam_ngram, cfg.decontam_common_df, cfg.eval_tasks or None)
 
+
+def sample_with_progress(sampler, task, cfg: RejectionSamplingConfig, index, desc: str) -> tuple[list[dict], dict]:
+    """``rejection_sample`` behind a progress bar named ``desc``."""
+    bar = Progress((cfg.prompts or len(task.examples(cfg.split))) * cfg.samples, desc, unit="sample")
+    records, counts = rejection_sample(sampler, task, cfg, index, bar)
+    bar.close()
+    return records, counts
+
+
+def model_sampler(model: str, endpoint: str | None = None, api_key: str | None = None, batch_size: int = 256,
+                  system_prompt: str | None = None) -> LocalSampler | EndpointSampler:
+    """The sampler of ``model``: at an OpenAI-compatible ``endpoint`` (``model`` is then the remote
+    name), else a local model (run directory, checkpoint, Hugging Face folder) asked with
+    ``system_prompt``, by default the one its run recorded."""
     if endpoint:
-        from nanoseek.evaluation.endpoint import EndpointConfig
-
         return EndpointSampler(EndpointConfig(endpoint, model, api_key))
-    from nanoseek.evaluation.run import model_run_config, EvalSettings
-    from nanoseek.train.sft import load_policy
-
     if system_prompt is None:
         system_prompt = (model_run_config(EvalSettings(model=model)).get("task") or {}).get("system_prompt")
     return LocalSampler(load_policy(model, system_prompt), batch_size, {"checkpoint": str(model)})
 
 
-def run_sample(model: str, task, cfg: SampleConfig, out: str | Path, *, endpoint: str | None = None,
+def run_sample(model: str, task, cfg: RejectionSamplingConfig, out: str | Path, *, endpoint: str | None = None,
                api_key: str | None = None, data_dir=None, sampler=None, log=print) -> dict:
     """``nanoseek sample``: write the kept samples to ``out`` (chat JSONL) and the counts next to it
     (``out`` with ``.report.json``); return the counts."""
-    from nanoseek.tasks.decontaminate import build_index
-    from nanoseek.progress import Progress
-
-    sampler = sampler or build_sampler(model, endpoint, api_key, cfg.batch_size)
-    index = None
-    if cfg.decontaminate:
-        index = build_index(data_dir, [task], cfg.decontam_ngram, cfg.decontam_common_df, cfg.eval_tasks or None)
+    sampler = sampler or model_sampler(model, endpoint, api_key, cfg.batch_size)
+    index = decontamination_index(cfg, task, data_dir)
+    if index is not None:
         log(f"[nanoseek] decontaminating against {', '.join(f'{k} ({v})' for k, v in index.sources.items())}"
             + (f"; skipped {', '.join(index.skipped)}" if index.skipped else ""))
-    n = (cfg.prompts or len(task.examples(cfg.split))) * cfg.samples
-    bar = Progress(n, f"sample {task.name}", unit="sample")
-    records, counts = rejection_sample(sampler, task, cfg, index, bar)
-    bar.close()
+    records, counts = sample_with_progress(sampler, task, cfg, index, f"sample {task.name}")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_jsonl(out, records)
-    from nanoseek.atomic import atomic_write_json
-
     atomic_write_json(out.with_suffix(".report.json"), {"counts": counts, "model": model, "endpoint": endpoint,
                                                         "task": task.name, "decontaminated_against": index.sources if index else {},
                                                         "decontamination_skipped": index.skipped if index else {}})

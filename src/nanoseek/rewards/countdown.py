@@ -25,6 +25,9 @@ from collections import Counter
 from fractions import Fraction
 from typing import Sequence
 
+from nanoseek.rewards import grading
+from nanoseek.rewards.base import completion_text, per_item
+
 MAX_TOKENS = 64  # a 4-number equation needs about 15 tokens; longer input is not an answer
 MAX_DIGITS = 6  # numbers on offer are at most 3 digits; caps the exact-arithmetic cost
 
@@ -164,15 +167,12 @@ def countdown_reward(completions: Sequence, nums: Sequence[Sequence[int]], targe
     (``nanoseek.rewards.grading.extract_answer``: ``<answer>…</answer>`` or ``\\boxed{}``). ``nums`` and
     ``target`` are the example's metadata columns.
     """
-    from nanoseek.rewards import grading
-    from nanoseek.rewards.rules import _per_item, _text
-
     n = len(completions)
-    prefilled = _per_item(think_prefilled, n)
+    prefilled = per_item(think_prefilled, n)
     out = []
     for completion, ns, t, pre in zip(completions, nums, target, prefilled):
         try:
-            ans = grading.extract_answer(_text(completion), think_prefilled=bool(pre))
+            ans = grading.extract_answer(completion_text(completion), think_prefilled=bool(pre))
             out.append(score_equation(ans, [int(x) for x in ns], int(t), exactly_once, format_score))
         except Exception:
             out.append(0.0)

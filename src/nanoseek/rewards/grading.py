@@ -34,28 +34,33 @@ A prediction with no answer marker at all is graded as an answer on its own ("2k
 prose ("So she sold 72 clips."), by its last number (numeric reference) or math-verify's own
 extraction; a prediction with a marker that yields no answer (an unclosed box or think block) is 0.
 
-Counters of everything that happened (fast/slow path, timeouts, parse failures, unjudgeable
-references, missing answers) live in a ``GradeStats`` object: ``stats()`` reads them and
-``reset_stats()`` clears them (the trainer logs them per step).
+Everything that happened (fast/slow path, timeouts, parse failures, unjudgeable references,
+missing answers) is counted in a ``GradeCounts`` object the caller passes in (``counts=``); there
+is no process-wide counter.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import threading
 from dataclasses import dataclass, field, fields
 from fractions import Fraction
 
-from nanoseek.rewards.grading_fast import _balanced, _Num, last_number, parse_simple, simple_equal
+from nanoseek.rewards.grading_fast import Num, brace_end, last_number, parse_simple, simple_equal
+from nanoseek.rewards.grading_pool import DEFAULT_TIMEOUT, get_pool, slow_verify
 
 # ----------------------------------------------------------------------------------------------
 # counters
 
 
 @dataclass
-class GradeStats:
-    """Event counters of the grader (thread-safe increments; one instance per process).
+class GradeCounts:
+    """What happened while grading, counted (thread-safe increments).
+
+    The caller owns the object: it passes one to ``grade``/``is_equivalent`` or to a reward
+    function (``counts=``) and reads it afterwards, so the counts travel with the rewards they
+    explain (the GRPO trainer uses one per step and logs ``grader/*`` from it). Without one nothing
+    is counted.
 
     Fields:
         calls: equivalence checks (``is_equivalent``/``grade``).
@@ -83,37 +88,18 @@ class GradeStats:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add(self, name: str, n: int = 1) -> None:
+        """Add ``n`` to the counter ``name`` (one of the fields above)."""
         with self._lock:
             setattr(self, name, getattr(self, name) + n)
 
     def snapshot(self) -> dict[str, int]:
-        """The counters as a plain dict (safe to log)."""
+        """The counters as a plain dict (safe to log or to send to another process)."""
         with self._lock:
             return {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
 
-    def reset(self) -> None:
-        with self._lock:
-            for f in fields(self):
-                if not f.name.startswith("_"):
-                    setattr(self, f.name, 0)
 
-
-_STATS = GradeStats()  # process-wide counters; reset after a fork (see _after_fork below)
-
-
-def stats() -> dict[str, int]:
-    """A snapshot of this process's grading counters (see ``GradeStats``)."""
-    return _STATS.snapshot()
-
-
-def reset_stats() -> None:
-    """Zero this process's grading counters."""
-    _STATS.reset()
-
-
-def count(event: str, n: int = 1) -> None:
-    """Add ``n`` to the counter ``event`` (a ``GradeStats`` field), e.g. from a reward function."""
-    _STATS.add(event, n)
+def _uncounted(name: str, n: int = 1) -> None:
+    """``GradeCounts.add`` for a caller that passed no counts: nothing is kept."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -142,7 +128,7 @@ def last_boxed(text: str) -> str | None:
     stripped = rest.lstrip()
     if stripped.startswith("{"):
         start = end + (len(rest) - len(stripped))
-        close = _balanced(text, start)
+        close = brace_end(text, start)
         return text[start + 1 : close - 1] if close > 0 else None
     if rest[:1] in (" ", "\t"):  # "\boxed 2": one token
         m = re.match(r"\s*([^\s$]+)", rest)
@@ -217,7 +203,7 @@ def parse_number(answer: str | None) -> Fraction | None:
         parsed = parse_simple(answer)
     except Exception:
         return None
-    return parsed.value if isinstance(parsed, _Num) else None
+    return parsed.value if isinstance(parsed, Num) else None
 
 
 def check_reference(reference, deep: bool = False) -> bool:
@@ -231,8 +217,6 @@ def check_reference(reference, deep: bool = False) -> bool:
     if not isinstance(reference, str):
         return False
     if deep and check_reference(reference) and parse_simple(reference) is None:
-        from nanoseek.rewards.grading_pool import DEFAULT_TIMEOUT, get_pool
-
         return get_pool().check(reference, reference, False, DEFAULT_TIMEOUT) not in ("bad_reference", "timeout")
     s = reference.strip()
     if not s or len(s) > MAX_ANSWER_CHARS:
@@ -267,33 +251,35 @@ _MARKER_RE = re.compile(r"\\boxed|\\fbox|</?answer>|</?think>|####")
 _MATRIX_RE = re.compile(r"\\begin\{[pbvBV]?matrix\}")
 
 
-def grade(prediction: str | None, reference: str, timeout: float | None = None) -> float | None:
+def grade(prediction: str | None, reference: str, timeout: float | None = None,
+          counts: GradeCounts | None = None) -> float | None:
     """Grade one prediction against one reference: 1.0 (equivalent), 0.0 (not, or no answer, or a
     timeout / parse failure), or ``None`` when the reference itself cannot be parsed (not judged).
 
     ``prediction`` may be a whole completion (its answer is extracted) or an extracted answer.
-    Never raises; every outcome is counted in ``stats()``.
+    Never raises; every outcome is added to ``counts`` when one is given.
     """
-    _STATS.add("calls")
+    count = counts.add if counts is not None else _uncounted
+    count("calls")
     try:
         if not check_reference(reference):
-            _STATS.add("bad_references")
+            count("bad_references")
             return None
         if prediction is None or not isinstance(prediction, str) or not prediction.strip():
-            _STATS.add("no_answer")
+            count("no_answer")
             return 0.0
         pred = extract_answer(prediction)
         raw = False
         if pred is None:
             if _MARKER_RE.search(prediction):  # a broken box, an unclosed think block, ...: no answer
-                _STATS.add("no_answer")
+                count("no_answer")
                 return 0.0
             # no marker at all: an answer on its own ("2k") or free text ("So she sold 72 clips.")
             pred = prediction.strip()[-MAX_RAW_CHARS:]
             raw = looks_like_text(pred)
         pred_matrix, ref_matrix = _MATRIX_RE.search(pred) is not None, _MATRIX_RE.search(reference) is not None
         if ref_matrix and not pred_matrix or (pred_matrix and not ref_matrix and not raw):
-            _STATS.add("fast_path")  # a matrix never equals a scalar (math-verify broadcasts 6 == 6I)
+            count("fast_path")  # a matrix never equals a scalar (math-verify broadcasts 6 == 6I)
             return 0.0
         ref_s = parse_simple(reference)
         if ref_s is not None:
@@ -301,31 +287,22 @@ def grade(prediction: str | None, reference: str, timeout: float | None = None) 
             if pred_s is None and raw:
                 pred_s = last_number(pred)
             if pred_s is not None:
-                _STATS.add("fast_path")
+                count("fast_path")
                 return 1.0 if simple_equal(pred_s, ref_s) else 0.0
-        from nanoseek.rewards.grading_pool import slow_verify
-
-        return slow_verify(pred, reference, raw=raw, timeout=timeout, stats=_STATS)
+        return slow_verify(pred, reference, raw=raw, timeout=timeout, counts=counts)
     except Exception:  # never raise on model output
-        _STATS.add("errors")
+        count("errors")
         return 0.0
 
 
-def is_equivalent(prediction: str, reference: str, timeout: float | None = None) -> bool:
+def is_equivalent(prediction: str, reference: str, timeout: float | None = None,
+                  counts: GradeCounts | None = None) -> bool:
     """True when ``prediction`` (a completion or an extracted answer) states the ``reference`` answer.
 
     Fast path for plain numbers (exact rationals, real thousands separators, percent, units, choice
     letters, unordered lists); math-verify (``verify(parse("$ref$"), parse(pred))``) for the rest, in a
     killable subprocess with a hard ``timeout`` in seconds (default ``grading_pool.DEFAULT_TIMEOUT``).
-    An unparsable reference is never equivalent to anything. Never raises.
+    An unparsable reference is never equivalent to anything. Never raises; what happened is added
+    to ``counts`` when one is given (see ``GradeCounts``).
     """
-    return grade(prediction, reference, timeout=timeout) == 1.0
-
-
-def _after_fork() -> None:
-    global _STATS
-    _STATS = GradeStats()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork)
+    return grade(prediction, reference, timeout=timeout, counts=counts) == 1.0

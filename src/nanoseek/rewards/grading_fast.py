@@ -1,7 +1,7 @@
 """The grader's fast path: plain numbers, simple fractions, percent, choice letters, lists of those.
 
-``parse_simple(answer)`` turns an answer into an exact value (``Fraction``) with flags, a choice
-letter, or an unordered list of those, or returns ``None`` when the answer needs math-verify;
+``parse_simple(answer)`` turns an answer into a ``Num`` (an exact ``Fraction`` with flags), a
+``Choice`` letter, or an ``AnswerList`` of those, or returns ``None`` when the answer needs math-verify;
 ``simple_equal(pred, ref)`` compares two parsed answers. Pure functions, microseconds per call; the
 rules are listed in ``nanoseek.rewards.grading``'s module docstring.
 """
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 
-def _balanced(text: str, start: int) -> int:
+def brace_end(text: str, start: int) -> int:
     """Index just past the brace group opening at ``text[start] == '{'``, or -1 if unbalanced."""
     depth, i, n = 0, start, len(text)
     while i < n:
@@ -33,19 +33,26 @@ def _balanced(text: str, start: int) -> int:
 
 
 @dataclass(frozen=True)
-class _Num:
+class Num:
+    """A parsed number: its exact ``value``, whether it carried a percent sign, and whether it was
+    written exactly (a decimal literal such as 0.333 may be a rounding, see ``simple_equal``)."""
+
     value: Fraction
     percent: bool = False
     exact: bool = True  # False for a decimal literal (it may be a rounding)
 
 
 @dataclass(frozen=True)
-class _Choice:
+class Choice:
+    """A multiple-choice letter, upper case (``(C)``, ``\\text{(C)}`` and ``C`` all parse to ``C``)."""
+
     letter: str
 
 
 @dataclass(frozen=True)
-class _List:
+class AnswerList:
+    """A comma-separated answer (or a ``\\{…\\}`` set) of ``Num``/``Choice`` items, compared as a multiset."""
+
     items: tuple
 
 
@@ -81,11 +88,11 @@ def _strip_outer(s: str) -> str:
             if s.startswith(a) and s.endswith(b):
                 s = s[2:-2]
         m = _WRAP_RE.match(s)
-        if m and _balanced(s, s.index("{")) == len(s):
+        if m and brace_end(s, s.index("{")) == len(s):
             s = m.group(1)
         if s.endswith(".") and not re.search(r"\d\.$", s[-2:]):
             s = s[:-1]
-        if s.startswith("\\boxed{") and _balanced(s, 6) == len(s):
+        if s.startswith("\\boxed{") and brace_end(s, 6) == len(s):
             s = s[7:-1]
         if s == before:
             break
@@ -116,7 +123,7 @@ def _split_top(s: str, sep: str = ",") -> list[str]:
     return parts
 
 
-def _parse_number(s: str) -> _Num | None:
+def _parse_number(s: str) -> Num | None:
     s = _CURRENCY_RE.sub("", s.strip())
     percent = False
     for _ in range(3):  # strip a percent sign, degrees, units in any order ("45^\circ F", "5 \%")
@@ -134,18 +141,18 @@ def _parse_number(s: str) -> _Num | None:
     if m:
         body = m.group(2).replace(",", "")
         value = Fraction(body.rstrip(".") if body.endswith(".") else body)
-        return _Num(-value if m.group(1) == "-" else value, percent, exact="." not in body)
+        return Num(-value if m.group(1) == "-" else value, percent, exact="." not in body)
     m = _FRAC_RE.match(s)
     if m:
         num, den = int(m.group(2) or m.group(3)), int(m.group(4) or m.group(5))
         if den == 0:
             return None
         value = Fraction(num, den)
-        return _Num(-value if m.group(1) == "-" else value, percent)
+        return Num(-value if m.group(1) == "-" else value, percent)
     m = _SLASH_RE.match(s)
     if m and int(m.group(3)) != 0:
         value = Fraction(int(m.group(2)), int(m.group(3)))
-        return _Num(-value if m.group(1) == "-" else value, percent)
+        return Num(-value if m.group(1) == "-" else value, percent)
     return None
 
 
@@ -154,7 +161,7 @@ def _parse_item(s: str):
     s = _VAR_RE.sub("", s, count=1)
     m = _CHOICE_RE.match(s)
     if m:
-        return _Choice((m.group(1) or m.group(2)).upper())
+        return Choice((m.group(1) or m.group(2)).upper())
     return _parse_number(s)
 
 
@@ -170,7 +177,7 @@ def parse_simple(answer: str):
     """
     m = _INT_RE.fullmatch(answer)
     if m:  # the common case (GSM8K, the built-in task): a bare integer
-        return _Num(Fraction(int(m.group(1))))
+        return Num(Fraction(int(m.group(1))))
     s = _normalize(answer)
     if not s or len(s) > 200:
         return None
@@ -184,9 +191,9 @@ def parse_simple(answer: str):
         if len(parts) < 2 or not all(parts):
             return None
         items = tuple(_parse_item(p) for p in parts)
-        if any(i is None or isinstance(i, _List) for i in items):
+        if any(i is None or isinstance(i, AnswerList) for i in items):
             return None
-        return _List(items)
+        return AnswerList(items)
     return _parse_item(s)
 
 
@@ -199,7 +206,7 @@ def _terminates(x: Fraction) -> bool:
     return d == 1
 
 
-def _num_eq(a: _Num, b: _Num) -> bool:
+def _num_eq(a: Num, b: Num) -> bool:
     """Exact equality, with two allowances: a percent sign on one side also allows the value / 100,
     and a decimal literal matches a non-terminating fraction (1/3, 2/7) within a relative error of
     1e-6 (a rounding such as 0.3333333). Two terminating values must be exactly equal, and no
@@ -219,11 +226,11 @@ def _num_eq(a: _Num, b: _Num) -> bool:
 
 def simple_equal(p, r) -> bool:
     """Equality of two ``parse_simple`` results (lists as multisets)."""
-    if isinstance(p, _Num) and isinstance(r, _Num):
+    if isinstance(p, Num) and isinstance(r, Num):
         return _num_eq(p, r)
-    if isinstance(p, _Choice) and isinstance(r, _Choice):
+    if isinstance(p, Choice) and isinstance(r, Choice):
         return p.letter == r.letter
-    if isinstance(p, _List) and isinstance(r, _List):
+    if isinstance(p, AnswerList) and isinstance(r, AnswerList):
         if len(p.items) != len(r.items):
             return False
         unused = list(p.items)

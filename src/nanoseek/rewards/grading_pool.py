@@ -2,7 +2,7 @@
 
 math-verify's own timeout uses ``signal.alarm``, which only works in the main thread and cannot
 interrupt a long C-level computation (``9**9**9**9`` is one big-int power). So every slow-path check
-runs in a separate Python process (``python -c "...grading_pool._serve()"``, a plain ``subprocess``:
+runs in a separate Python process (``python -c "...grading_pool.child_main()"``, a plain ``subprocess``:
 it works from the main thread, from worker threads, from ``ProcessPoolExecutor`` and even from
 daemonic ``multiprocessing`` workers, which may not start ``multiprocessing`` children). The caller waits on
 the pipe with a hard deadline; past it the subprocess is killed (SIGKILL), the check counts as a
@@ -39,7 +39,7 @@ class _Worker:
 
     def __init__(self) -> None:
         src = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # .../src
-        code = f"import sys; sys.path[0:1] = [{src!r}]; from nanoseek.rewards.grading_pool import _serve; _serve()"
+        code = f"import sys; sys.path[0:1] = [{src!r}]; from nanoseek.rewards.grading_pool import child_main; child_main()"
         self.proc = subprocess.Popen(
             [sys.executable, "-u", "-c", code],
             stdin=subprocess.PIPE,
@@ -134,20 +134,23 @@ class SlowPathPool:
                 self._count -= 1
             self._cond.notify()
 
-    def check(self, pred: str, gold: str, raw: bool, timeout: float, stats=None) -> str:
-        """Status of one comparison (see the module docstring), or ``"timeout"``."""
+    def check(self, pred: str, gold: str, raw: bool, timeout: float, counts=None) -> str:
+        """Status of one comparison (see the module docstring), or ``"timeout"``.
+
+        ``counts`` (a ``nanoseek.rewards.grading.GradeCounts``, optional) gets ``cache_hits`` and
+        ``worker_restarts``."""
         key = (pred, gold, raw)
         with self._cache_lock:
             if key in self._cache:
                 self._cache.move_to_end(key)
-                if stats is not None:
-                    stats.add("cache_hits")
+                if counts is not None:
+                    counts.add("cache_hits")
                 return self._cache[key]
         worker = self._acquire()
         reply = worker.request({"p": pred, "g": gold, "raw": raw, "t": timeout}, timeout)
         self._release(worker, alive=reply is not None)
-        if reply is None and stats is not None:
-            stats.add("worker_restarts")  # killed; the next check starts a fresh one
+        if reply is None and counts is not None:
+            counts.add("worker_restarts")  # killed; the next check starts a fresh one
         status = reply.get("s", "error") if reply else ("error" if worker.dead else "timeout")
         if status != "error":  # a crash may be transient; everything else is a property of the input
             with self._cache_lock:
@@ -190,20 +193,21 @@ def _shutdown() -> None:
 atexit.register(_shutdown)
 
 
-def slow_verify(pred: str, gold: str, raw: bool = False, timeout: float | None = None, stats=None) -> float | None:
+def slow_verify(pred: str, gold: str, raw: bool = False, timeout: float | None = None, counts=None) -> float | None:
     """math-verify ``verify(parse("$gold$"), parse(pred))`` with a hard timeout: 1.0, 0.0 or ``None``
-    (unparsable gold). ``raw`` means ``pred`` is free text (parsed as is, not wrapped in ``$``)."""
-    if stats is not None:
-        stats.add("slow_path")
-    status = get_pool().check(pred, gold, raw, DEFAULT_TIMEOUT if timeout is None else float(timeout), stats)
+    (unparsable gold). ``raw`` means ``pred`` is free text (parsed as is, not wrapped in ``$``).
+    What happened is added to ``counts`` (a ``GradeCounts``) when one is given."""
+    if counts is not None:
+        counts.add("slow_path")
+    status = get_pool().check(pred, gold, raw, DEFAULT_TIMEOUT if timeout is None else float(timeout), counts)
     if status == "equal":
         return 1.0
     if status == "bad_reference":
-        if stats is not None:
-            stats.add("bad_references")
+        if counts is not None:
+            counts.add("bad_references")
         return None
-    if stats is not None and status in ("timeout", "parse_failure", "error"):
-        stats.add({"timeout": "timeouts", "parse_failure": "parse_failures", "error": "errors"}[status])
+    if counts is not None and status in ("timeout", "parse_failure", "error"):
+        counts.add({"timeout": "timeouts", "parse_failure": "parse_failures", "error": "errors"}[status])
     return 0.0
 
 
@@ -218,7 +222,9 @@ def _strip_dollars(s: str) -> str:
     return s
 
 
-def _serve() -> None:  # pragma: no cover - runs in the subprocess
+def child_main() -> None:  # pragma: no cover - runs in the subprocess
+    """The worker subprocess: answer one JSON request line at a time (module docstring) until stdin
+    closes. Started by ``SlowPathPool`` as ``python -c "...; child_main()"``."""
     import logging
     import math
 
@@ -252,4 +258,4 @@ def _serve() -> None:  # pragma: no cover - runs in the subprocess
 
 
 if __name__ == "__main__":  # pragma: no cover
-    _serve()
+    child_main()

@@ -1,81 +1,33 @@
-"""Reward functions (TRL protocol) and their weighted combination.
-
-The protocol, one for the whole project:
-
-    fn(completions: list[str], **columns) -> list[float | None]
-
-* ``completions``: the generated texts only (a chat-format completion, a list of messages, is also
-  accepted: its last message's ``content`` is graded).
-* ``columns``: the examples' fields as lists aligned with ``completions`` (``answer``, ``prompt``,
-  metadata keys such as ``nums``/``target``), plus ``think_prefilled: bool`` (a scalar) when the
-  template already opened ``<think>``, and whatever else the trainer passes (``completion_ids``,
-  ...). Unknown columns are ignored (``**_``).
-* Returns exactly one value per completion, in order. Never raises on model output: an unparsable
-  completion or a grader timeout gives 0.0 (and is counted). ``None`` means "cannot judge this
-  example" (e.g. its reference answer cannot be parsed): the trainer leaves it out of the group
-  statistics and of the loss.
-
-Counters: ``stats()`` returns the grading counters of ``nanoseek.rewards.grading.GradeStats`` (fast/slow
-path, timeouts, parse failures, ``no_answer``, ``bad_references``, ...); ``reset_stats()`` zeroes
-them. The trainer reads and resets them once per step (the counters are per process: a trainer that
-grades in worker processes sums their snapshots).
+"""The rule-based rewards of DeepSeek-R1 and DAPO (the protocol is in ``nanoseek.rewards.base``).
 
 Rewards (each documents its range and source):
   accuracy_reward          {0, 1} or None   R1 paper v1 §2.2.2 (rule-based accuracy reward)
   format_reward            {0, 1}           R1 paper v1 §2.2.2 + Table 1 (R1-Zero template)
   language_consistency_reward  [0, 1]       R1 paper v1 §2.3.2 / R1-Nature eq. 7
   overlong_penalty         [-1, 0]          DAPO (Yu et al. 2025, arXiv 2503.14476) §3.4 eq. 13
-  countdown_reward         {0, 0.1, 1}      TinyZero ``countdown.py`` (see nanoseek.rewards.countdown)
-``combine_rewards({"accuracy": 1.0, "format": 0.5})`` builds their weighted sum by name.
+
+Countdown's verifier is in ``nanoseek.rewards.countdown``; ``nanoseek.rewards.registry`` finds every
+reward by name and builds weighted sums (``combine_rewards({"accuracy": 1.0, "format": 0.5})``).
+Only ``accuracy_reward`` grades, so only it adds to the caller's ``counts`` (``GradeCounts``).
 """
 
 from __future__ import annotations
 
-import functools
 import re
 import unicodedata
-from typing import Any, Callable, Mapping, Sequence
+from typing import Sequence
 
 from nanoseek.rewards import grading
-
-RewardFn = Callable[..., list]
-
-
-def stats() -> dict[str, int]:
-    """Counters of this process's reward/grading events since the last ``reset_stats()``."""
-    return grading.stats()
-
-
-def reset_stats() -> None:
-    """Zero the counters read by ``stats()``."""
-    grading.reset_stats()
-
-
-def _text(completion: Any) -> str:
-    """The text of a completion: a string, or the last message of a chat-format completion."""
-    if isinstance(completion, str):
-        return completion
-    if isinstance(completion, dict):
-        return str(completion.get("content", ""))
-    if isinstance(completion, (list, tuple)) and completion:
-        return _text(completion[-1])
-    return "" if completion is None else str(completion)
-
-
-def _per_item(value: Any, n: int) -> list:
-    """A column as a list of length ``n``: lists are used as given, a scalar is repeated."""
-    if isinstance(value, (list, tuple)):
-        if len(value) != n:
-            raise ValueError(f"column has {len(value)} values for {n} completions")
-        return list(value)
-    return [value] * n
+from nanoseek.rewards.base import completion_text, per_item
+from nanoseek.rewards.grading import GradeCounts
 
 
 # ----------------------------------------------------------------------------------------------
 # accuracy
 
 
-def accuracy_reward(completions: Sequence, answer: Sequence[str], think_prefilled: bool = False, **_) -> list:
+def accuracy_reward(completions: Sequence, answer: Sequence[str], think_prefilled: bool = False,
+                    counts: GradeCounts | None = None, **_) -> list:
     """Rule-based accuracy: 1.0 when the completion's final answer equals the reference, else 0.0.
 
     Range: {0.0, 1.0}, or ``None`` for an example whose reference cannot be parsed.
@@ -86,25 +38,27 @@ def accuracy_reward(completions: Sequence, answer: Sequence[str], think_prefille
     ``\\boxed{}``, ``####``, "final answer:"); a completion without one gets 0.0 (counted as
     ``no_answer``), never a match against a number buried in its reasoning. Comparison is
     ``nanoseek.rewards.grading.grade`` (exact fast path, math-verify with a hard timeout for the rest).
+    Every grading event is added to ``counts`` when the caller passes one.
     """
+    counts = GradeCounts() if counts is None else counts  # a caller without one does not read them
     n = len(completions)
-    refs = _per_item(answer, n)
-    prefilled = _per_item(think_prefilled, n)
+    refs = per_item(answer, n)
+    prefilled = per_item(think_prefilled, n)
     out: list = []
     for completion, ref, pre in zip(completions, refs, prefilled):
         try:
             if not grading.check_reference(ref):
-                grading.count("bad_references")
+                counts.add("bad_references")
                 out.append(None)
                 continue
-            pred = grading.extract_answer(_text(completion), think_prefilled=bool(pre))
+            pred = grading.extract_answer(completion_text(completion), think_prefilled=bool(pre))
             if pred is None:
-                grading.count("no_answer")
+                counts.add("no_answer")
                 out.append(0.0)
                 continue
-            out.append(grading.grade(pred, ref))
+            out.append(grading.grade(pred, ref, counts=counts))
         except Exception:
-            grading.count("errors")
+            counts.add("errors")
             out.append(0.0)
     return out
 
@@ -149,11 +103,11 @@ def format_reward(completions: Sequence, think_prefilled: bool = False, **_) -> 
     completion) says the template already opened ``<think>``.
     """
     n = len(completions)
-    prefilled = _per_item(think_prefilled, n)
+    prefilled = per_item(think_prefilled, n)
     out = []
     for completion, pre in zip(completions, prefilled):
         try:
-            ok = follows_format(_text(completion), bool(pre))
+            ok = follows_format(completion_text(completion), bool(pre))
         except Exception:
             ok = False
         out.append(1.0 if ok else 0.0)
@@ -231,11 +185,11 @@ def language_consistency_reward(
     (a configuration error).
     """
     n = len(completions)
-    langs = _per_item(language, n)
+    langs = per_item(language, n)
     out = []
     for completion, lang in zip(completions, langs):
         try:
-            text = _text(completion)
+            text = completion_text(completion)
             close = text.find("</think>")
             if close >= 0:
                 text = text[:close]  # else: an unclosed or absent think block, all of it is reasoning
@@ -288,91 +242,7 @@ def overlong_penalty(
     if completion_ids is not None:
         lengths = [len(ids) for ids in completion_ids]
     elif "completion_length" in columns:
-        lengths = [int(x) for x in _per_item(columns["completion_length"], n)]
+        lengths = [int(x) for x in per_item(columns["completion_length"], n)]
     else:
         raise ValueError("overlong_penalty needs completion_ids (or a completion_length column)")
     return [overlong_penalty_value(length, max_length, cache_length) for length in lengths]
-
-
-# ----------------------------------------------------------------------------------------------
-# registry and weighted sums
-
-
-def _countdown_reward(*args, **kwargs):
-    from nanoseek.rewards.countdown import countdown_reward
-
-    return countdown_reward(*args, **kwargs)
-
-
-REWARDS: dict[str, RewardFn] = {
-    "accuracy": accuracy_reward,
-    "format": format_reward,
-    "language": language_consistency_reward,
-    "language_consistency": language_consistency_reward,
-    "overlong": overlong_penalty,
-    "countdown": _countdown_reward,
-}
-
-
-def get_reward(name: str, task=None) -> RewardFn:
-    """A reward function by name: the task's own (``task.reward_funcs()``) first, then ``REWARDS``."""
-    from nanoseek.errors import NanoseekError
-
-    if task is not None:
-        own = task.reward_funcs()
-        if name in own:
-            return own[name]
-    if name in REWARDS:
-        return REWARDS[name]
-    known = sorted(set(REWARDS) | (set(task.reward_funcs()) if task is not None else set()))
-    raise NanoseekError(f"unknown reward {name!r}; known rewards: {', '.join(known)}")
-
-
-def combine_rewards(weights: Mapping[str, float], task=None, **options: Mapping[str, Any]) -> RewardFn:
-    """A reward function returning ``sum(weight * reward)`` over the named rewards.
-
-    Args:
-        weights: reward name -> weight, e.g. ``{"accuracy": 1.0, "format": 0.5}`` (from the config).
-        task: resolve names against ``task.reward_funcs()`` first (its ``accuracy`` may be a
-            task-specific verifier, e.g. Countdown's).
-        options: per-reward keyword arguments, e.g. ``overlong={"max_length": 1024}``.
-
-    Range: the weighted sum of the parts' ranges. An item is ``None`` when any part with a non-zero
-    weight is ``None`` for it (the example cannot be judged). The returned callable also exposes
-    ``parts(completions, **columns) -> dict[name, list]`` for logging each component and
-    ``combine(parts) -> list`` to sum parts computed once.
-    """
-    fns = {}
-    for name, w in weights.items():
-        fn = get_reward(name, task)
-        if options.get(name):
-            fn = functools.partial(fn, **options[name])
-        fns[name] = (float(w), fn)
-
-    def parts(completions, **columns) -> dict[str, list]:
-        return {name: fn(completions, **columns) for name, (w, fn) in fns.items()}
-
-    def combine(values: Mapping[str, list]) -> list:
-        """Weighted sum of already computed ``parts`` (None where a weighted part is None)."""
-        n = len(next(iter(values.values()))) if values else 0
-        out = []
-        for i in range(n):
-            total: float | None = 0.0
-            for name, (w, _) in fns.items():
-                v = values[name][i]
-                if w == 0:
-                    continue
-                if v is None:
-                    total = None
-                    break
-                total += w * v
-            out.append(total)
-        return out
-
-    def combined(completions, **columns) -> list:
-        return combine(parts(completions, **columns))
-
-    combined.__name__ = "+".join(f"{w:g}*{name}" for name, (w, _) in fns.items()) or "zero"
-    combined.parts = parts  # type: ignore[attr-defined]
-    combined.combine = combine  # type: ignore[attr-defined]
-    return combined

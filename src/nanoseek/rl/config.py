@@ -6,7 +6,9 @@ from dataclasses import dataclass, field
 
 from nanoseek.errors import NanoseekError
 from nanoseek.rl.advantages import SCALES
+from nanoseek.rl.grpo import LOSS_AGGREGATIONS
 from nanoseek.rl.presets import PRESET_NAMES, preset
+from nanoseek.train.optim import LR_SCHEDULES
 
 
 @dataclass
@@ -22,7 +24,8 @@ class GRPOConfig:
 
     ``preset`` (``deepseekmath``, ``r1_zero``, ``r1_stage1``, ``dr_grpo``, ``dapo``; see
     ``nanoseek.rl.presets``) fills every field the recipe leaves unset with that paper's value
-    (:func:`apply_grpo_preset`); fields set in the recipe win.
+    (:func:`apply_grpo_preset`); fields set in the recipe win. ``loss_type`` is a name registered in
+    ``nanoseek.rl.grpo.LOSS_AGGREGATIONS`` (``grpo``, ``bnpo``, ``dr_grpo``, ``dapo``).
 
     The remaining knobs, each off (or the plain algorithm) by default:
 
@@ -37,7 +40,8 @@ class GRPOConfig:
       groups (R1-Nature Methods: 16); ``grad_accumulation_steps``: micro-batches per optimizer
       step (memory only: the update is the same up to float rounding).
     * ``lr_schedule`` ``cosine`` (to ``lr * min_lr_ratio``; 1.0 = constant) or ``linear``, after
-      ``warmup_steps`` of linear warm-up; ``grad_clip`` (0 = off) on the global gradient norm.
+      ``warmup_steps`` of linear warm-up (``nanoseek.train.optim.lr_at``); ``grad_clip`` (0 = off)
+      on the global gradient norm.
     * ``stop_strings``: completions end after the first of these strings (kept, like a stop token)
       besides the tokenizer's stop ids; ``max_prompt_length``: longer train prompts are dropped at
       load and counted (never truncated).
@@ -106,16 +110,16 @@ class GRPOConfig:
     def __post_init__(self):
         if self.group_size < 2:
             raise NanoseekError(f"grpo.group_size must be >= 2 (a group of one has no relative advantage), got {self.group_size}")
-        if self.loss_type not in ("grpo", "bnpo", "dr_grpo", "dapo"):
-            raise NanoseekError(f"grpo.loss_type must be one of grpo, bnpo, dr_grpo, dapo; got {self.loss_type!r}")
+        if self.loss_type not in LOSS_AGGREGATIONS:  # registered names only: the trainer's normalisers read them
+            raise NanoseekError(f"grpo.loss_type must be one of {', '.join(LOSS_AGGREGATIONS)}; got {self.loss_type!r}")
         if self.mu < 1:
             raise NanoseekError(f"grpo.mu must be >= 1, got {self.mu}")
         if self.preset is not None and self.preset not in PRESET_NAMES:
             raise NanoseekError(f"grpo.preset must be one of {', '.join(PRESET_NAMES)}; got {self.preset!r}")
         if self.scale_rewards not in SCALES:
             raise NanoseekError(f"grpo.scale_rewards must be one of {', '.join(SCALES)}; got {self.scale_rewards!r}")
-        if self.lr_schedule not in ("cosine", "linear"):
-            raise NanoseekError(f"grpo.lr_schedule must be cosine or linear; got {self.lr_schedule!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise NanoseekError(f"grpo.lr_schedule must be {' or '.join(LR_SCHEDULES)}; got {self.lr_schedule!r}")
         for name in ("minibatches_per_step", "grad_accumulation_steps", "dynamic_sampling_max_rounds", "prompts_per_step"):
             if getattr(self, name) < 1:
                 raise NanoseekError(f"grpo.{name} must be >= 1, got {getattr(self, name)}")

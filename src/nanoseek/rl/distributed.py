@@ -76,6 +76,7 @@ class Dist:
         return box[0]
 
     def barrier(self) -> None:
+        """Wait until every rank gets here (no-op on one process)."""
         if self.world > 1:
             tdist.barrier()
 

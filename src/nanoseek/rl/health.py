@@ -17,7 +17,7 @@ Metric names (one record per step in ``metrics.jsonl``):
   to the reference (when there is one); ``clip_ratio/{low,high,region}``: share of clipped tokens
   (DAPO sec. 3.1); ``ratio``: mean importance ratio;
 * ``grad_norm`` (before clipping), ``lr``, ``loss`` (uninformative, see above);
-* ``grader/{calls,timeouts,parse_failures}``: grader events this step (``nanoseek.rewards.rules.stats()``);
+* ``grader/{calls,timeouts,parse_failures}``: grader events this step (the step's ``nanoseek.rewards.grading.GradeCounts``);
 * ``sampling/{rounds,groups,kept_groups}``: dynamic sampling (DAPO sec. 3.2); ``data/position``;
 * ``tokens_per_s``, ``time/{rollout,reward,update}``: throughput and where the time went;
 * ``alarms``: names of the alarms that fired at this step (see :data:`ALARMS`).
@@ -119,9 +119,11 @@ class Alarms:
         return new
 
     def state_dict(self) -> dict:
+        """Alarms already fired and the first step's entropy, for checkpoints."""
         return {"fired": list(self.fired), "first_entropy": self.first_entropy}
 
     def load_state_dict(self, sd: dict) -> None:
+        """Restore :meth:`state_dict` (missing keys: nothing fired yet)."""
         self.fired = list(sd.get("fired", []))
         self.first_entropy = sd.get("first_entropy")
 

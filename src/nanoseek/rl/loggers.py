@@ -37,6 +37,7 @@ class ExternalLoggers:
                 print(f"[nanoseek] report_to {name!r} skipped: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
 
     def log(self, metrics: dict) -> None:
+        """Send the finite numbers of ``metrics`` to every backend at ``metrics["step"]``."""
         step = int(metrics.get("step", 0))
         nums = {k: float(v) for k, v in metrics.items()
                 if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}

@@ -2,10 +2,10 @@
 dynamic sampling.
 
 * Prompt order: a seeded permutation of the train split, re-shuffled each epoch; position ``k`` of
-  the stream is :meth:`Sampler.example_at`. The stream position is part of the trainer state (with
+  the stream is :meth:`RolloutCollector.example_at`. The stream position is part of the trainer state (with
   dynamic sampling a step may draw more than ``prompts_per_step`` prompts).
 * Seeds: completion ``j`` of the prompt with example index ``i`` in draw round ``r`` of step ``s``
-  uses ``sample_seed(seed * 1_000_003 + s, i, j + G r)``, so a completion depends on neither the
+  uses ``completion_seed(seed * 1_000_003 + s, i, j + G r)``, so a completion depends on neither the
   batch layout, the number of ranks, nor resumption.
 * Dynamic sampling (DAPO, Yu et al. 2025, sec. 3.2): groups whose valid rewards are all equal give
   zero advantage; they are dropped and further rounds of ``prompts_per_step`` prompts are drawn
@@ -15,7 +15,7 @@ dynamic sampling.
   token): online in the static-cache sampler, by truncating afterwards otherwise (the tokens before
   the cut are the same either way: each row's randomness is its own).
 * Prompts longer than ``max_prompt_length`` tokens are dropped when the split is loaded and
-  counted (``Sampler.dropped_long_prompts``), never truncated.
+  counted (``RolloutCollector.dropped_long_prompts``), never truncated.
 """
 
 from __future__ import annotations
@@ -26,13 +26,18 @@ from dataclasses import dataclass, field
 
 from nanoseek.errors import NanoseekError
 from nanoseek.rl.config import GRPOConfig
-from nanoseek.evaluation.evaluate import sample_seed, think_text
+from nanoseek.evaluation.evaluate import completion_seed, think_text
 from nanoseek.policy.generate import Completion, SamplingParams
+from nanoseek.rewards.grading import GradeCounts
+from nanoseek.rewards.registry import combine_rewards
 from nanoseek.rl.distributed import Dist
 
 
-class StopStrings:
-    """Detect stop strings in sampled token ids (``tokenizer.decode`` of a short window)."""
+class TokenStopStrings:
+    """Detect stop strings in sampled token ids (``tokenizer.decode`` of a short window).
+
+    Not ``nanoseek.serve.textstream.StopStrings``, which cuts streamed *text* for the server.
+    """
 
     def __init__(self, tokenizer, strings: list[str]):
         self.tok, self.strings = tokenizer, list(strings)
@@ -117,12 +122,10 @@ class Rollout:
     time_reward: float
 
 
-class Sampler:
+class RolloutCollector:
     """Draws, samples and scores GRPO groups for a policy on a task (see the module docstring)."""
 
     def __init__(self, policy, task, cfg: GRPOConfig, seed: int, dist: Dist, generate_fn=None):
-        from nanoseek.rewards.rules import combine_rewards
-
         self.policy, self.task, self.cfg, self.seed, self.dist = policy, task, cfg, seed, dist
         weights = dict(cfg.reward_weights)
         options = {}
@@ -147,7 +150,7 @@ class Sampler:
         self.order = list(range(len(self.examples)))
         random.Random(seed).shuffle(self.order)
         self._perms: dict[int, list[int]] = {0: self.order}
-        self.stops = StopStrings(policy.tokenizer, cfg.stop_strings)
+        self.stops = TokenStopStrings(policy.tokenizer, cfg.stop_strings)
         self.generate_fn = generate_fn
         self.suppress_token_ids: list[int] | None = None  # benchmarks: force full-length completions
 
@@ -173,7 +176,7 @@ class Sampler:
         comps = policy.generate(prompt_ids, params, seeds=seeds)
         return [self.stops.truncate(c) for c in comps] if self.stops else comps
 
-    def _score(self, groups: list[Group]) -> None:
+    def _score(self, groups: list[Group], counts: GradeCounts) -> None:
         comps = [c for g in groups for c in g.completions]
         texts = [t for g in groups for t in g.texts]
         if not comps:
@@ -184,7 +187,7 @@ class Sampler:
             for k, v in cols.items():
                 columns.setdefault(k, []).extend([v] * len(g.completions))
         columns["completion_ids"] = [c.token_ids for c in comps]
-        parts = self.reward_fn.parts(texts, think_prefilled=self.policy.think_prefilled, **columns)
+        parts = self.reward_fn.parts(texts, think_prefilled=self.policy.think_prefilled, counts=counts, **columns)
         for name, vals in parts.items():
             if len(vals) != len(texts):
                 raise RuntimeError(f"reward {name} returned {len(vals)} values for {len(texts)} completions")
@@ -198,10 +201,8 @@ class Sampler:
     def collect(self, step: int, data_pos: int) -> Rollout:
         """Sample, score and (with dynamic sampling) filter the groups of ``step``, starting at
         stream position ``data_pos``. Collective: every rank calls it."""
-        from nanoseek.rewards import rules as rewards
-
         cfg, G, n = self.cfg, self.cfg.group_size, self.cfg.prompts_per_step
-        rewards.reset_stats()
+        counts = GradeCounts()  # this step's grading events on this rank, summed over ranks below
         local: list[Group] = []
         kept: list[dict] = []
         sampled: list[dict] = []
@@ -212,7 +213,7 @@ class Sampler:
             positions = [data_pos + q for q in self.dist.shard(n)]
             idxs = [self.example_at(k) for k in positions]
             prompt_ids = [self.prompt_ids[i] for i in idxs for _ in range(G)]
-            seeds = [sample_seed(self.seed * 1_000_003 + step, i, j + G * rounds) for i in idxs for j in range(G)]
+            seeds = [completion_seed(self.seed * 1_000_003 + step, i, j + G * rounds) for i in idxs for j in range(G)]
             comps = self._generate(prompt_ids, seeds) if prompt_ids else []
             groups = []
             for q, (k, i) in enumerate(zip(positions, idxs)):
@@ -220,7 +221,7 @@ class Sampler:
                 groups.append(Group(k, i, self.prompt_ids[i], cs, [self.policy.decode(c.token_ids) for c in cs], [], {},
                                     [c.finish_reason == "length" for c in cs]))
             t1 = time.perf_counter()
-            self._score(groups)
+            self._score(groups, counts)
             t_gen += t1 - t0
             t_rew += time.perf_counter() - t1
             summaries = [g.summary(self.policy.think_prefilled) for g in groups]
@@ -237,7 +238,7 @@ class Sampler:
             if not cfg.dynamic_sampling or len(kept) >= n or rounds >= cfg.dynamic_sampling_max_rounds:
                 break
         grader: dict = {}
-        for st in self.dist.all_gather_object(rewards.stats()):
+        for st in self.dist.all_gather_object(counts.snapshot()):
             for k, v in st.items():
                 grader[k] = grader.get(k, 0) + v
         return Rollout(local, kept, sampled, data_pos, rounds, grader, t_gen, t_rew)

@@ -33,15 +33,19 @@ from dataclasses import dataclass
 import torch
 
 from nanoseek.errors import NanoseekError
-from nanoseek.rl.config import GRPOConfig
+from nanoseek.model.hf_fast import supports
+from nanoseek.model.lora import adapter_disabled, apply_lora
+from nanoseek.policy.generate_static import generate_static
 from nanoseek.policy.policy import Policy
-from nanoseek.train.pretrain import lr_at
 from nanoseek.rl import distributed
 from nanoseek.rl.advantages import group_advantages
+from nanoseek.rl.config import GRPOConfig
 from nanoseek.rl.grpo import grpo_loss
 from nanoseek.rl.health import Alarms, progress_fields, rollout_metrics
-from nanoseek.rl.rollout import Sampler
-from nanoseek.rl.update import Scorer, local_normaliser, make_micro_batch, normalisers
+from nanoseek.rl.loggers import ExternalLoggers
+from nanoseek.rl.rollout import RolloutCollector
+from nanoseek.rl.update import Scorer, UpdateSums, local_normaliser, make_micro_batch, normaliser
+from nanoseek.train.optim import GRPO_BETAS, lr_at, make_adamw, set_lr
 
 
 @dataclass
@@ -51,15 +55,6 @@ class TrainerState:
     step: int = 0
     data_pos: int = 0
     ref_resets: int = 0
-
-
-def learning_rate(step: int, cfg: GRPOConfig) -> float:
-    """``warmup_steps`` of linear warm-up, then ``cosine`` (``nanoseek.train.pretrain.lr_at``) or
-    ``linear`` decay from ``lr`` to ``lr * min_lr_ratio`` at ``steps``."""
-    if cfg.lr_schedule == "cosine" or (cfg.warmup_steps and step < cfg.warmup_steps):
-        return lr_at(step, cfg.steps, cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio)
-    t = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
-    return cfg.lr * (1 - (1 - cfg.min_lr_ratio) * t)
 
 
 class GRPOTrainer:
@@ -79,25 +74,19 @@ class GRPOTrainer:
 
     def __init__(self, policy: Policy, task, cfg: GRPOConfig, seed: int = 0, ref_model=None,
                  dist: distributed.Dist | None = None):
-        from nanoseek.model.hf_fast import supports
-
         self.policy, self.task, self.cfg, self.seed = policy, task, cfg, seed
         self.dist = dist if dist is not None else distributed.current()
         model = policy.model
         self.lora = cfg.lora_r > 0
         if self.lora:
-            from nanoseek.model.lora import apply_lora
-
             if cfg.ref_reset_every and cfg.beta > 0:
                 raise NanoseekError("grpo.ref_reset_every needs a full reference model; it cannot be combined with LoRA")
             apply_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
-        generate_fn = None
-        if cfg.fast_rollout and supports(model):
-            from nanoseek.policy.generate_static import generate_static as generate_fn
-        self.sampler = Sampler(policy, task, cfg, seed, self.dist, generate_fn)
+        generate_fn = generate_static if cfg.fast_rollout and supports(model) else None
+        self.collector = RolloutCollector(policy, task, cfg, seed, self.dist, generate_fn)
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.device = next(model.parameters()).device
-        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
+        self.optimizer = make_adamw(self.params, cfg.lr, cfg.weight_decay, betas=GRPO_BETAS, decay="all")
         self.ref_model = None
         if cfg.beta > 0 and not self.lora:
             self.ref_model = ref_model if ref_model is not None else copy.deepcopy(model)
@@ -110,20 +99,14 @@ class GRPOTrainer:
     @property
     def dropped_long_prompts(self) -> int:
         """Train prompts left out for being longer than ``max_prompt_length`` tokens."""
-        return self.sampler.dropped_long_prompts
-
-    def prompts_for_step(self, step: int) -> list[int]:
-        """Example indices of step ``step``'s prompts without dynamic sampling (stream positions
-        ``step * prompts_per_step ...``)."""
-        n = self.cfg.prompts_per_step
-        return [self.sampler.example_at(k) for k in range(step * n, (step + 1) * n)]
+        return self.collector.dropped_long_prompts
 
     # -- one step -----------------------------------------------------------------------------
     def step(self, step: int) -> tuple[dict, list[dict]]:
         """Run GRPO step ``step`` (0-based). Returns ``(metrics, sample_records)`` (the same on every rank)."""
         cfg = self.cfg
         t0 = time.perf_counter()
-        ro = self.sampler.collect(step, self.state.data_pos)
+        ro = self.collector.collect(step, self.state.data_pos)
         t_roll = time.perf_counter()
         minibatches = self._minibatches(ro)
         stats, gnorm, lr = self._update(step, minibatches)
@@ -145,7 +128,7 @@ class GRPOTrainer:
             metrics["alarms"] = fired
         self.state.step = step + 1
         self.state.data_pos = ro.data_pos
-        return metrics, self.sampler.sample_records(step, ro.kept)
+        return metrics, self.collector.sample_records(step, ro.kept)
 
     def _minibatches(self, ro) -> list[tuple[float, list]]:
         """``[(global normaliser, [MicroBatch, ...]), ...]``: one entry per optimizer step."""
@@ -159,8 +142,8 @@ class GRPOTrainer:
         out = []
         for m in range(M):
             span = range(m * len(kept) // M, (m + 1) * len(kept) // M)
-            norm = normalisers([kept[k] for k in span], cfg.loss_type, cfg.max_new_tokens,
-                               cfg.mask_truncated_completions)["value"]
+            norm = normaliser([kept[k] for k in span], cfg.loss_type, cfg.max_new_tokens,
+                              cfg.mask_truncated_completions)
             mine = [g for g in ro.local if where[g.pos] in span]
             A = max(1, min(cfg.grad_accumulation_steps, len(mine)))
             mbs = []
@@ -180,29 +163,17 @@ class GRPOTrainer:
 
     def _ref_context(self):
         if self.lora:
-            from nanoseek.model.lora import adapter_disabled
-
             return adapter_disabled(self.policy.model)
         return contextlib.nullcontext()
 
     def _update(self, step: int, minibatches) -> tuple[dict, float, float]:
         cfg, model = self.cfg, self.policy.model
         model.train()
-        mbs = [mb for _, group in minibatches for mb in group]
-        need_old = cfg.mu > 1 or len(minibatches) > 1
-        old, ref = {}, {}
-        with torch.no_grad():
-            for i, mb in enumerate(mbs):
-                if need_old:
-                    old[i] = self.scorer(model, mb)[0]
-                if cfg.beta > 0:
-                    with self._ref_context():
-                        ref[i] = self.scorer(self.ref_model if self.ref_model is not None else model, mb)[0]
-        lr = learning_rate(step, cfg)
-        for g in self.optimizer.param_groups:
-            g["lr"] = lr
-        # sums over micro-batches and ranks: loss, clip fractions, ratio, kl (token-weighted), entropy
-        acc = torch.zeros(9, dtype=torch.float64)
+        old, ref = self._old_and_ref_logprobs(model, [mb for _, group in minibatches for mb in group],
+                                              need_old=cfg.mu > 1 or len(minibatches) > 1)
+        lr = lr_at(step, cfg.steps, cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio, cfg.lr_schedule)
+        set_lr(self.optimizer, lr)
+        sums = UpdateSums()
         gnorm = 0.0
         native = hasattr(model, "update_expert_bias")
         for epoch in range(cfg.mu):
@@ -219,16 +190,7 @@ class GRPOTrainer:
                     scale = local_normaliser(mb, cfg.loss_type, cfg.max_new_tokens) / norm if norm else 0.0
                     if scale:
                         (loss * scale if scale != 1.0 else loss).backward()
-                    tok = float(mb.mask.sum())
-                    acc[0] += float(loss.detach()) * scale
-                    for j, key in enumerate(("clip_ratio/low", "clip_ratio/high", "clip_ratio/region", "ratio", "kl")):
-                        if key in lm:
-                            acc[1 + j] += float(lm[key]) * tok
-                    acc[6] += tok
-                    if ent is not None:
-                        lmask = torch.arange(ent.shape[1], device=ent.device)[None, :] < mb.lengths[:, None]
-                        acc[7] += float((ent.double() * lmask).sum())
-                        acc[8] += float(lmask.sum())
+                    sums.add(float(loss.detach()) * scale, lm, mb, ent)
                     if load is not None and cfg.expert_bias_update:
                         load_sum = load.detach() if load_sum is None else load_sum + load.detach()
                     i += 1
@@ -238,18 +200,21 @@ class GRPOTrainer:
                 self.optimizer.step()
                 if native and cfg.expert_bias_update:
                     self._update_expert_bias(model, load_sum)
-        self.dist.all_reduce_sum(acc)
-        tok = float(acc[6])
-        nan = float("nan")  # no token in the loss (e.g. every group dropped): stored as null
-        stats = {"loss": float(acc[0]) / (cfg.mu * len(minibatches)),
-                 "clip_ratio/low": float(acc[1]) / tok if tok else nan,
-                 "clip_ratio/high": float(acc[2]) / tok if tok else nan,
-                 "clip_ratio/region": float(acc[3]) / tok if tok else nan,
-                 "ratio": float(acc[4]) / tok if tok else nan,
-                 "entropy": float(acc[7]) / float(acc[8]) if acc[8] else nan}
-        if cfg.beta > 0:
-            stats["kl"] = float(acc[5]) / tok if tok else nan
+        stats = sums.all_reduce(self.dist).metrics(cfg.mu * len(minibatches), with_kl=cfg.beta > 0)
         return stats, gnorm, lr
+
+    def _old_and_ref_logprobs(self, model, mbs: list, need_old: bool) -> tuple[dict, dict]:
+        """``({i: logp [B, C]}, {i: ref logp [B, C]})`` of micro-batch ``i`` before any update: the
+        rollout ("old") policy's when ``need_old``, the reference's when ``beta > 0``."""
+        old, ref = {}, {}
+        with torch.no_grad():
+            for i, mb in enumerate(mbs):
+                if need_old:
+                    old[i] = self.scorer(model, mb)[0]
+                if self.cfg.beta > 0:
+                    with self._ref_context():
+                        ref[i] = self.scorer(self.ref_model if self.ref_model is not None else model, mb)[0]
+        return old, ref
 
     def _update_expert_bias(self, model, load) -> None:
         """DeepSeekMoE balancing-bias step with the expert loads summed over ranks (V3 sec. 2.1.2)."""
@@ -273,8 +238,6 @@ class GRPOTrainer:
         if not self.cfg.report_to or not self.dist.is_main:
             return
         if self._loggers is None:
-            from nanoseek.rl.loggers import ExternalLoggers
-
             self._loggers = ExternalLoggers(self.cfg.report_to, run_dir, dataclasses.asdict(self.cfg))
         self._loggers.log(metrics)
 
@@ -290,6 +253,7 @@ class GRPOTrainer:
         return sd
 
     def load_state_dict(self, sd: dict) -> None:
+        """Restore :meth:`state_dict` (checkpoints without ``data_pos`` / ``ref_resets`` predate them)."""
         self.state.step = int(sd["step"])
         self.state.data_pos = int(sd.get("data_pos", self.state.step * self.cfg.prompts_per_step))
         self.state.ref_resets = int(sd.get("ref_resets", 0))

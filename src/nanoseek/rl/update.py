@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
-from nanoseek.rl.grpo import token_entropy, token_logprobs
+from nanoseek.model.hf_fast import FastLM, supports
+from nanoseek.policy.policy import build_batch
+from nanoseek.rl.grpo import LOSS_AGGREGATIONS, token_entropy, token_logprobs
 from nanoseek.rl.masks import completion_mask
 
 
@@ -46,6 +49,7 @@ class MicroBatch:
 
     @property
     def size(self) -> int:
+        """Completions ``B``."""
         return int(self.group.numel())
 
     def to(self, device) -> "MicroBatch":
@@ -91,12 +95,8 @@ class Scorer:
 
     def logits(self, model, mb: MicroBatch) -> tuple[Tensor, Tensor | None]:
         """``([B, C, V] float32 logits predicting each completion token, expert_load or None)``."""
-        from nanoseek.model.hf_fast import FastLM, supports
-
         if self.share_prompt and supports(model):
             return FastLM(model).completion_logits(mb.prompt_ids, mb.prompt_mask, mb.group, mb.completion_ids), None
-        from nanoseek.policy.policy import build_batch
-
         batch = build_batch([p for p, _ in mb.rows], [c for _, c in mb.rows], self.pad_id)
         dev = mb.completion_ids.device
         out = model(batch.input_ids.to(dev), attention_mask=batch.attention_mask.to(dev))
@@ -114,10 +114,68 @@ class Scorer:
         return logp, ent, load
 
 
-def normalisers(kept: list[dict], loss_type: str, max_new_tokens: int, mask_truncated: bool) -> dict:
-    """The loss normaliser of an optimizer step over groups ``kept`` (summaries, every rank):
-    completions with tokens in the loss (``grpo``), tokens (``bnpo``/``dapo``), completions x
-    ``max_new_tokens`` (``dr_grpo``)."""
+@dataclass
+class UpdateSums:
+    """Sums over a step's micro-batches (and, after :meth:`all_reduce`, ranks) that its update
+    metrics are read from.
+
+    ``loss``: the scaled micro-batch losses; ``clip_low`` ... ``kl``: ``grpo_loss``'s metric of the
+    same name (``TOKEN_MEANS``) x tokens in the micro-batch's loss; ``tokens``: tokens in the loss;
+    ``entropy`` / ``entropy_tokens``: entropy summed over completion tokens, and their count.
+    """
+
+    # grpo_loss metric -> the field holding its token-weighted sum
+    TOKEN_MEANS: ClassVar[dict[str, str]] = {"clip_ratio/low": "clip_low", "clip_ratio/high": "clip_high",
+                                             "clip_ratio/region": "clip_region", "ratio": "ratio", "kl": "kl"}
+    loss: float = 0.0
+    clip_low: float = 0.0
+    clip_high: float = 0.0
+    clip_region: float = 0.0
+    ratio: float = 0.0
+    kl: float = 0.0
+    tokens: float = 0.0
+    entropy: float = 0.0
+    entropy_tokens: float = 0.0
+
+    def add(self, loss: float, metrics: dict[str, Tensor], mb: MicroBatch, entropy: Tensor | None) -> None:
+        """Add one micro-batch: its scaled ``loss``, ``grpo_loss``'s ``metrics``, and the ``[B, C]``
+        ``entropy`` of its completion tokens (None after the first epoch)."""
+        tok = float(mb.mask.sum())
+        self.loss += loss
+        for key, name in self.TOKEN_MEANS.items():
+            if key in metrics:
+                setattr(self, name, getattr(self, name) + float(metrics[key]) * tok)
+        self.tokens += tok
+        if entropy is not None:
+            lmask = torch.arange(entropy.shape[1], device=entropy.device)[None, :] < mb.lengths[:, None]
+            self.entropy += float((entropy.double() * lmask).sum())
+            self.entropy_tokens += float(lmask.sum())
+
+    def all_reduce(self, dist) -> "UpdateSums":
+        """Every field summed over ``dist``'s ranks (one float64 all-reduce)."""
+        t = torch.tensor(dataclasses.astuple(self), dtype=torch.float64)
+        dist.all_reduce_sum(t)
+        return UpdateSums(*t.tolist())
+
+    def metrics(self, n_updates: int, with_kl: bool) -> dict[str, float]:
+        """Mean loss per optimizer step (``n_updates`` of them), token means of the clip fractions,
+        ratio, entropy and (``with_kl``) KL; NaN (stored as null) when no token was in the loss."""
+        nan, tok = float("nan"), self.tokens
+        stats = {"loss": self.loss / n_updates,
+                 "clip_ratio/low": self.clip_low / tok if tok else nan,
+                 "clip_ratio/high": self.clip_high / tok if tok else nan,
+                 "clip_ratio/region": self.clip_region / tok if tok else nan,
+                 "ratio": self.ratio / tok if tok else nan,
+                 "entropy": self.entropy / self.entropy_tokens if self.entropy_tokens else nan}
+        if with_kl:
+            stats["kl"] = self.kl / tok if tok else nan
+        return stats
+
+
+def normaliser(kept: list[dict], loss_type: str, max_new_tokens: int, mask_truncated: bool) -> float:
+    """What the loss of an optimizer step over groups ``kept`` (summaries, every rank) is divided by,
+    by the ``unit`` of its registered ``loss_type`` (``nanoseek.rl.grpo.LOSS_AGGREGATIONS``):
+    completions with tokens in the loss, tokens in the loss, or completions x ``max_new_tokens``."""
     rows = toks = n = 0
     for s in kept:
         for r, length, trunc in zip(s["rewards"], s["lengths"], s["truncated"]):
@@ -126,17 +184,14 @@ def normalisers(kept: list[dict], loss_type: str, max_new_tokens: int, mask_trun
                 continue
             rows += 1
             toks += length
-    if loss_type == "grpo":
-        return {"value": rows}
-    if loss_type == "dr_grpo":
-        return {"value": n * max_new_tokens}
-    return {"value": toks}
+    return float({"completions": rows, "tokens": toks, "slots": n * max_new_tokens}[LOSS_AGGREGATIONS[loss_type].unit])
 
 
 def local_normaliser(mb: MicroBatch, loss_type: str, max_new_tokens: int) -> float:
     """The same quantity for one micro-batch (what ``grpo_loss`` divides by there)."""
-    if loss_type == "grpo":
+    unit = LOSS_AGGREGATIONS[loss_type].unit
+    if unit == "completions":
         return float((mb.mask.sum(1) > 0).sum().clamp(min=1))
-    if loss_type == "dr_grpo":
+    if unit == "slots":
         return float(mb.size * max_new_tokens)
     return float(mb.mask.sum().clamp(min=1))

@@ -9,6 +9,14 @@
 ``adapter_model.safetensors``, peft's format) instead of ``config.json`` + ``model.safetensors``;
 :func:`load_weights_into` restores either kind into a live model.
 
+A checkpoint cannot run code: ``state.pt`` and ``rng.pt`` hold tensors and plain data only (dicts,
+lists, tuples, strings, numbers, None; the NumPy RNG state as a list of integers, not an array
+object), checked when written (``check_plain``) and read with ``torch.load(weights_only=True)``
+(``load_plain``), which refuses any other Python object: a planted pickle is refused on resume
+with a ``NanoseekError`` naming the file, before it runs. Checkpoints written before this format
+(a NumPy array in ``rng.pt``) still load through the same restricted loader, which then accepts
+NumPy's array and dtype rebuilders and nothing else.
+
 The folder is written under a temporary name and renamed when complete, then
 ``checkpoints/latest`` is updated: a crash at any moment leaves the previous checkpoint intact
 (``tests/test_resume.py`` kills a run with SIGKILL just before the rename and between steps, and
@@ -18,53 +26,95 @@ checks the resumed run's metrics and weights against an uninterrupted run).
 from __future__ import annotations
 
 import json
+import pickle
 import random
 import shutil
+from collections import OrderedDict
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from nanoseek.atomic import atomic_dir, atomic_write_json
+from nanoseek.atomic import atomic_dir
+from nanoseek.errors import NanoseekError
+from nanoseek.model.hf import save_model
+from nanoseek.model.load import load_model, load_state_into
+from nanoseek.model.lora import ADAPTER_WEIGHTS, is_lora, load_adapter_into
+
+# What a trainer state may hold besides tensors: the types torch's weights_only loader rebuilds
+# without running code (exact types: a NumPy float is a float subclass the loader refuses).
+PLAIN_CONTAINERS = (dict, OrderedDict, list, tuple)
+PLAIN_SCALARS = (str, bytes, int, float, bool, type(None), torch.Size, torch.dtype, torch.device)
+# Old rng.pt files (before the NumPy state became a list of ints) hold one uint32 array: these
+# rebuilders of an array and its dtype are the only globals the restricted loader then accepts.
+LEGACY_NUMPY_GLOBALS = [np.array(0).__reduce__()[0], np.ndarray, np.dtype, type(np.dtype(np.uint32))]
 
 
 def rng_state() -> dict:
-    """Every RNG state a run depends on (Python, NumPy, torch CPU and CUDA if present)."""
-    st = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every RNG state a run depends on (Python, NumPy, torch CPU and CUDA if present), as tensors
+    and plain data: Python's state is its tuple of ints, NumPy's (legacy ``MT19937`` state) a dict
+    whose ``key`` is a list of 624 ints."""
+    name, key, pos, has_gauss, cached = np.random.get_state()
+    numpy_state = {"bit_generator": str(name), "key": [int(k) for k in key], "pos": int(pos),
+                   "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+    st = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         st["cuda"] = torch.cuda.get_rng_state_all()
     return st
 
 
 def set_rng_state(st: dict) -> None:
+    """Restore the states ``rng_state`` took (or an old checkpoint's, whose NumPy state is the tuple
+    ``np.random.get_state()`` returns)."""
     random.setstate(st["python"])
-    np.random.set_state(st["numpy"])
+    n = st["numpy"]
+    if isinstance(n, dict):
+        n = (n["bit_generator"], np.asarray(n["key"], dtype=np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    np.random.set_state(n)
     torch.set_rng_state(st["torch"])
     if "cuda" in st and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(st["cuda"])
 
 
-def save_model_folder(folder: Path, model, tokenizer) -> None:
-    """Write a Hugging Face model folder (weights, config, tokenizer, chat template) into ``folder``."""
-    from nanoseek.model.hf import save_pretrained
+def check_plain(obj: Any, where: str) -> None:
+    """Raise ``NanoseekError`` unless ``obj`` is made of tensors, ``PLAIN_CONTAINERS`` and
+    ``PLAIN_SCALARS`` only (what a checkpoint can store and read back without unpickling arbitrary
+    objects); ``where`` names it in the message."""
+    if isinstance(obj, torch.Tensor) or type(obj) in PLAIN_SCALARS:
+        return
+    if type(obj) not in PLAIN_CONTAINERS:
+        raise NanoseekError(f"{where} is a {type(obj).__name__}: a checkpoint stores tensors and plain data only")
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            check_plain(k, f"{where} key")
+            check_plain(v, f"{where}[{k!r}]")
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            check_plain(v, f"{where}[{i}]")
 
-    save_pretrained(model, folder)
-    tokenizer.save_pretrained(str(folder))
-    # transformers >= 5 writes the chat template to chat_template.jinja; keep a copy in
-    # tokenizer_config.json too so that every tokenizer loader finds it.
-    cfg_path = folder / "tokenizer_config.json"
-    if getattr(tokenizer, "chat_template", None) and cfg_path.exists():
-        cfg = json.loads(cfg_path.read_text())
-        if "chat_template" not in cfg:
-            cfg["chat_template"] = tokenizer.chat_template
-            atomic_write_json(cfg_path, cfg)
+
+def load_plain(path: Path, allow: list | tuple = ()) -> Any:
+    """Read a ``torch.save`` file with ``torch.load(weights_only=True)`` (plus the globals in
+    ``allow``): tensors and plain data only. A file that holds other Python objects, which could
+    run code when unpickled, is refused; any file that cannot be read gives a one-line
+    ``NanoseekError`` naming it."""
+    try:
+        with torch.serialization.safe_globals(list(allow)):
+            return torch.load(path, weights_only=True)
+    except Exception as e:  # any failure to read the file becomes one line naming it
+        first = (str(e).strip().splitlines() or ["empty or truncated file"])[0]
+        if isinstance(e, pickle.UnpicklingError) and first.startswith("Weights only load failed"):
+            raise NanoseekError(f"refused to load {path}: it holds Python objects other than tensors and plain "
+                                "data, which could run code (nanoseek never writes such a file)") from None
+        raise NanoseekError(f"cannot read {path}: {type(e).__name__}: {first}") from None
 
 
 def write_trainer_state(folder: Path, state: dict, meta: dict) -> None:
     """Write ``folder/trainer_state/``: ``state.pt`` (``state``), ``rng.pt`` (every RNG state now)
     and ``meta.json`` (``meta``, which holds at least ``step``); read back by ``load_trainer_state``."""
     ts = Path(folder) / "trainer_state"
+    check_plain(state, "the trainer state")
     ts.mkdir()
     torch.save(state, ts / "state.pt")
     torch.save(rng_state(), ts / "rng.pt")
@@ -77,7 +127,8 @@ def save_checkpoint(run, step: int, model, tokenizer, trainer_state: dict, meta:
 
     Args:
         run: the ``RunDir``.
-        trainer_state: picklable state (optimizer state dicts, ...) saved with ``torch.save``.
+        trainer_state: tensors and plain data (optimizer state dicts, counters, ...), saved with
+            ``torch.save`` and read back with ``weights_only=True`` (see ``check_plain``).
         meta: JSON-able facts (phase, data position, ...); ``step`` is added.
         keep_last: prune older checkpoints beyond this many (None keeps all).
         before_rename: fault-injection hook called with the temporary folder just before the
@@ -86,7 +137,7 @@ def save_checkpoint(run, step: int, model, tokenizer, trainer_state: dict, meta:
     """
     final = run.checkpoint_dir(step)
     with atomic_dir(final) as tmp:
-        save_model_folder(tmp, model, tokenizer)
+        save_model(model, tmp, tokenizer)
         write_trainer_state(tmp, trainer_state, {**(meta or {}), "step": step})
         config_path = getattr(run, "config_path", None)
         if config_path is not None and Path(config_path).is_file():
@@ -100,10 +151,12 @@ def save_checkpoint(run, step: int, model, tokenizer, trainer_state: dict, meta:
 
 
 def load_trainer_state(checkpoint: Path) -> tuple[dict, dict, dict]:
-    """Read ``(state, rng, meta)`` from a checkpoint's ``trainer_state/``."""
+    """Read ``(state, rng, meta)`` from a checkpoint's ``trainer_state/``, through the restricted
+    loader only (``load_plain``): a ``state.pt`` or ``rng.pt`` holding anything but tensors and
+    plain data is refused with a ``NanoseekError`` naming the file, before any of it runs."""
     ts = Path(checkpoint) / "trainer_state"
-    state = torch.load(ts / "state.pt", weights_only=False)
-    rng = torch.load(ts / "rng.pt", weights_only=False)
+    state = load_plain(ts / "state.pt")
+    rng = load_plain(ts / "rng.pt", allow=LEGACY_NUMPY_GLOBALS)
     meta = json.loads((ts / "meta.json").read_text())
     return state, rng, meta
 
@@ -111,26 +164,18 @@ def load_trainer_state(checkpoint: Path) -> tuple[dict, dict, dict]:
 def load_weights_into(model, checkpoint: Path) -> None:
     """Copy a checkpoint's weights into ``model`` in place (the optimizer keeps pointing at the
     same parameters): the LoRA adapter of an adapter-only checkpoint, else the full model."""
-    from nanoseek.model.lora import ADAPTER_WEIGHTS, is_lora, load_adapter_into
-
     checkpoint = Path(checkpoint)
     if (checkpoint / ADAPTER_WEIGHTS).is_file():
         if not is_lora(model):
-            from nanoseek.errors import NanoseekError
-
             raise NanoseekError(f"{checkpoint} holds a LoRA adapter; the model has none (set grpo.lora_r)")
         load_adapter_into(model, checkpoint)
         return
-    from nanoseek.model.hf import load_model
-
     model.load_state_dict(load_model(checkpoint).state_dict())
 
 
 def resume_from_latest(run, model, optimizer) -> int:
     """Continue from ``run``'s newest checkpoint, if any: load the weights into ``model``, the
     optimizer and every RNG state, drop log lines written after it; return its step (0 if none)."""
-    from nanoseek.model.hf import load_state_into
-
     latest = run.latest_checkpoint()
     if latest is None:
         return 0

@@ -21,9 +21,11 @@ import asyncio
 import hmac
 import json
 import threading
+import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
@@ -37,6 +39,18 @@ from nanoseek.serve.reasoning import collect
 
 STATIC = Path(__file__).parent / "static"
 POLL_S = 0.25  # how often a waiting response checks that its client is still there
+
+
+def check_auth(request: Request, api_key: str | None) -> None:
+    """Raise a 401 ``APIError`` unless the request carries ``Authorization: Bearer <api_key>``
+    (compared in constant time); no key configured means no check."""
+    if api_key is None:
+        return
+    got = request.headers.get("authorization", "")
+    scheme, _, token = got.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
+        raise P.APIError(401, "Invalid or missing API key: send the header 'Authorization: Bearer <key>'.",
+                         code="invalid_api_key", type="authentication_error")
 
 
 def create_app(chat_model: ChatModel, api_key: str | None = None, max_batch: int = 64,
@@ -62,15 +76,6 @@ def create_app(chat_model: ChatModel, api_key: str | None = None, max_batch: int
     async def _http_error(request: Request, e: StarletteHTTPException):
         return JSONResponse(P.error_body(str(e.detail), code=str(e.status_code)), status_code=e.status_code)
 
-    def check_auth(request: Request) -> None:
-        if api_key is None:
-            return
-        got = request.headers.get("authorization", "")
-        scheme, _, token = got.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
-            raise P.APIError(401, "Invalid or missing API key: send the header 'Authorization: Bearer <key>'.",
-                             code="invalid_api_key", type="authentication_error")
-
     @app.get("/health")
     async def health():
         return {"status": "ok", "model": chat_model.name, "active_rows": engine.active_rows}
@@ -78,13 +83,13 @@ def create_app(chat_model: ChatModel, api_key: str | None = None, max_batch: int
     @app.get("/v1/models")
     @app.get("/models")
     async def models(request: Request):
-        check_auth(request)
+        check_auth(request, api_key)
         return P.model_list(chat_model.name, created, chat_model.context_length)
 
     @app.post("/v1/chat/completions")
     @app.post("/chat/completions")
     async def chat_completions(request: Request):
-        check_auth(request)
+        check_auth(request, api_key)
         req = await parse_request(request)
         if req.model is not None and req.model != chat_model.name:
             raise P.APIError(404, f"The model `{req.model}` does not exist. This server serves `{chat_model.name}`.",
@@ -235,6 +240,11 @@ class _EngineStream(StreamingResponse):
 
 
 # ------------------------------------------------------------------------------- running it
+def run_server(app: FastAPI, host: str, port: int) -> None:
+    """Serve ``app`` with uvicorn on ``host:port`` in this thread until interrupted (``nanoseek serve``)."""
+    uvicorn.run(app, host=host, port=port, log_level="info")
+
+
 class ServerThread:
     """uvicorn in a background thread (tests, benchmarks, ``nanoseek chat`` without a server).
 
@@ -243,16 +253,12 @@ class ServerThread:
     """
 
     def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> None:
-        import uvicorn
-
         self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on"))
         self.server.install_signal_handlers = lambda: None  # not the main thread
         self.thread = threading.Thread(target=self.server.run, name="nanoseek-uvicorn", daemon=True)
         self.host = host
 
     def __enter__(self) -> str:
-        import time
-
         self.thread.start()
         deadline = time.monotonic() + 30
         while not self.server.started:

@@ -14,7 +14,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nanoseek.serve.reasoning import ANSWER_CLOSE, ANSWER_OPEN, strip_reasoning
+import torch
+
+from nanoseek.errors import NanoseekError
+from nanoseek.model.load import load_model, resolve_model_dir
+from nanoseek.serve.engine import Engine
+from nanoseek.serve.runner import ModelRunner
+from nanoseek.tokenizer import (ANSWER_CLOSE, ANSWER_OPEN, load_tokenizer, stop_token_ids, strip_reasoning,
+                                template_prefills_think)
 
 
 class PromptError(ValueError):
@@ -36,18 +43,12 @@ class ChatModel:
 
     def __init__(self, model, tokenizer, name: str = "nanoseek", runner=None, answer_tags: bool | None = None,
                  context_length: int | None = None) -> None:
-        from nanoseek.tokenizer import stop_token_ids, template_prefills_think
-
-        from nanoseek.errors import NanoseekError
-
         if not getattr(tokenizer, "chat_template", None):
             raise NanoseekError(f"the tokenizer of {name!r} has no chat template, so chat prompts cannot be built")
         self.tokenizer, self.name = tokenizer, name
         self.stop_ids = stop_token_ids(tokenizer)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
         if runner is None:
-            from nanoseek.serve.runner import ModelRunner
-
             runner = ModelRunner(model, pad)
         self.runner = runner
         self.think_prefilled = template_prefills_think(tokenizer)
@@ -61,13 +62,8 @@ class ChatModel:
 
     @classmethod
     def load(cls, path: str | Path, name: str | None = None, device: str = "cpu", **kwargs) -> "ChatModel":
-        """Load a run directory, checkpoint folder or Hugging Face folder (``nanoseek.model.hf``) onto
+        """Load a run directory, checkpoint folder or Hugging Face folder (``nanoseek.model.load``) onto
         ``device`` ("auto": CUDA when available)."""
-        import torch
-
-        from nanoseek.model.hf import load_model, resolve_model_dir
-        from nanoseek.tokenizer import load_tokenizer
-
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         folder = resolve_model_dir(path)
@@ -103,9 +99,9 @@ class ChatModel:
         """Prompt token ids for a conversation (generation prompt added)."""
         return self.tokenizer(self.prompt_text(messages), add_special_tokens=False).input_ids
 
-    def engine(self, max_batch: int = 64):
-        from nanoseek.serve.engine import Engine
-
+    def engine(self, max_batch: int = 64) -> Engine:
+        """A (not yet started) ``Engine`` generating with this model: its stop ids, think pre-fill
+        and answer tags; at most ``max_batch`` rows decoded together."""
         return Engine(self.runner, self.decode, self.stop_ids, self.think_prefilled, self.answer_tags, max_batch)
 
 

@@ -6,32 +6,18 @@ answer in ``message.content``; when streaming, ``delta.reasoning_content`` chunk
 The tag text itself appears in neither field.
 
 ``ReasoningSplitter`` is fed the generated text in arbitrary pieces (``feed``) and returns
-``Delta(kind, text)`` pieces; ``finish()`` flushes what it held back. The result depends only on the
-concatenated text, never on where it was cut (a ``</think>`` cut in the middle is held back until it
-is complete or disproved), so streamed and non-streamed responses carry identical fields.
-``split_reasoning(text)`` is the one-shot form of the same rules.
-
-Rules (``T`` = generated text):
-
-* think block: if the chat template pre-filled ``<think>`` (``think_prefilled``), ``T`` starts inside
-  the block and only closes it; otherwise a block is recognised only when ``T`` starts (after
-  whitespace) with ``<think>``. With no block, everything is content and ``reasoning_content`` is
-  null.
-* reasoning = the block's text, stripped of surrounding whitespace; content = the text after
-  ``</think>``, stripped. A text cut off before ``</think>`` has reasoning only (content null).
-* ``answer_tags`` (models trained with the R1-Zero template, R1 paper v1 Table 1): content is the body
-  of ``<answer>…</answer>`` only; text before ``<answer>`` and after ``</answer>`` is dropped. If no
-  ``<answer>`` ever comes, the whole after-think text is the content (emitted at ``finish``).
-* A field with no text is null (``None``) rather than ``""`` — streaming never sends empty deltas, so
-  this is what a streaming client reconstructs too.
+``Delta(kind, text)`` pieces; ``finish()`` flushes what it held back. It follows the rules of
+``nanoseek.tokenizer.split_reasoning`` (the one-shot split of a finished text, which states them)
+and its result depends only on the concatenated text, never on where it was cut (a ``</think>``
+cut in the middle is held back until it is complete or disproved), so streamed and non-streamed
+responses carry identical fields.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
-ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
+from nanoseek.tokenizer import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN
 
 REASONING, CONTENT = "reasoning", "content"
 
@@ -180,17 +166,3 @@ def collect(deltas: list[Delta]) -> tuple[str | None, str | None]:
     r = "".join(d.text for d in deltas if d.kind == REASONING)
     c = "".join(d.text for d in deltas if d.kind == CONTENT)
     return (r or None), (c or None)
-
-
-def split_reasoning(text: str, think_prefilled: bool = False, answer_tags: bool = False) -> tuple[str | None, str | None]:
-    """One-shot split of a complete generation: ``(reasoning_content, content)``."""
-    sp = ReasoningSplitter(think_prefilled, answer_tags)
-    return collect(sp.feed(text) + sp.finish())
-
-
-def strip_reasoning(content: str) -> str:
-    """An earlier assistant turn as it goes back into the prompt: the think block removed (the DeepSeek
-    API drops earlier turns' reasoning, DEEPSEEK.md §3). Everything up to the last ``</think>`` goes."""
-    if THINK_CLOSE in content:
-        content = content.rsplit(THINK_CLOSE, 1)[1]
-    return content.strip()

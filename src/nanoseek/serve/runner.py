@@ -28,7 +28,8 @@ from typing import Callable
 
 import torch
 
-from nanoseek.policy.generate import SamplingParams, _filter_logits
+from nanoseek.model.decode import decode_step
+from nanoseek.policy.generate import SamplingParams, filter_logits
 
 HEADROOM = 64  # spare cache slots allocated on a merge (MLACache grows by doubling past that)
 
@@ -85,8 +86,9 @@ class ModelRunner:
     def decode(self, state: BatchState, tokens: torch.Tensor) -> torch.Tensor:
         """Feed one token per row (``tokens [B]``); returns next-token logits ``[B, V]`` float32."""
         mask = torch.cat([state.mask, state.mask.new_ones(state.size, 1)], dim=1)
-        out = self.model(tokens.to(self.device)[:, None], attention_mask=mask.long(), position_ids=state.pos[:, None],
-                         past_key_values=state.cache, use_cache=True)
+        # the fast one-token step (nanoseek.model.decode) where it applies, else the model's forward
+        out = decode_step(self.model, tokens.to(self.device)[:, None], attention_mask=mask.long(),
+                          position_ids=state.pos[:, None], past_key_values=state.cache)
         state.cache, state.mask, state.pos = out.past_key_values, mask, state.pos + 1
         return out.logits[:, -1].float()
 
@@ -164,7 +166,7 @@ def sample_row(logits: torch.Tensor, temperature: float, top_p: float, generator
     if temperature == 0:
         return int(logits.argmax())
     params = SamplingParams(temperature=temperature, top_p=top_p)
-    probs = _filter_logits(logits[None], params).softmax(-1)[0]
+    probs = filter_logits(logits[None], params).softmax(-1)[0]
     return int(torch.multinomial(probs, 1, generator=generator))
 
 

@@ -1,7 +1,6 @@
 """Task registry: ``get_task(name_or_path, data_dir=None, **options) -> Task``.
 
-Names (each class is imported only when asked for, so the registry works before optional task
-modules exist):
+Names:
 
 ========== ============================================== ======================================
 name       splits                                         data
@@ -19,21 +18,25 @@ Any path ending in ``.jsonl`` (or an existing file) is a user task (``nanoseek.t
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from pathlib import Path
 
+from nanoseek.errors import NanoseekError
 from nanoseek.tasks.base import Example, Task
+from nanoseek.tasks.chain import ChainTask
+from nanoseek.tasks.countdown import CountdownTask
+from nanoseek.tasks.gsm8k import GSM8KTask
+from nanoseek.tasks.jsonl import JsonlTask
+from nanoseek.tasks.math import Math500Task, MathTask
 
 __all__ = ["Example", "Task", "TASKS", "get_task", "task_names"]
 
-# name -> (module, class)
-TASKS: dict[str, tuple[str, str]] = {
-    "gsm8k": ("nanoseek.tasks.gsm8k", "GSM8KTask"),
-    "math500": ("nanoseek.tasks.math", "Math500Task"),
-    "math": ("nanoseek.tasks.math", "MathTask"),
-    "countdown": ("nanoseek.tasks.countdown", "CountdownTask"),
-    "chain": ("nanoseek.tasks.chain", "ChainTask"),
+TASKS: dict[str, type[Task]] = {
+    "gsm8k": GSM8KTask,
+    "math500": Math500Task,
+    "math": MathTask,
+    "countdown": CountdownTask,
+    "chain": ChainTask,
 }
 
 
@@ -47,17 +50,11 @@ def get_task(name_or_path: str | Path, data_dir: str | Path | None = None, **opt
 
     Options are passed to the task's constructor (e.g. ``countdown``: ``num_train``, ``seed``,
     ``exactly_once``). Raises ``nanoseek.NanoseekError`` for an unknown name (listing the known
-    ones), missing data files or a malformed user file.
+    ones), bad options, missing data files or a malformed user file.
     """
-    from nanoseek.errors import NanoseekError
-
     name = str(name_or_path)
     if name in TASKS:
-        module, cls = TASKS[name]
-        try:
-            task_cls = getattr(importlib.import_module(module), cls)
-        except (ImportError, AttributeError) as e:
-            raise NanoseekError(f"task {name!r} is not available ({module}.{cls}: {e})") from e
+        task_cls = TASKS[name]
         given = sorted(options)
         params = inspect.signature(task_cls.__init__).parameters
         if "data_dir" in params or any(p.kind is p.VAR_KEYWORD for p in params.values()):
@@ -69,7 +66,5 @@ def get_task(name_or_path: str | Path, data_dir: str | Path | None = None, **opt
                 raise
             raise NanoseekError(f"task {name!r}: bad options {given} ({e})") from e
     if name.endswith(".jsonl") or Path(name).expanduser().is_file():
-        from nanoseek.tasks.jsonl import JsonlTask
-
         return JsonlTask(name, **options)
     raise NanoseekError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}, or a path to a .jsonl file")

@@ -1,7 +1,7 @@
 """Task and example types shared by training, evaluation, sampling and serving.
 
 A ``Task`` is a named source of ``Example`` rows (per split) plus the reward functions that grade
-completions for it. Reward functions follow the TRL protocol (see ``nanoseek.rewards.rules``):
+completions for it. Reward functions follow the TRL protocol (see ``nanoseek.rewards.base``):
 ``fn(completions: list[str], **columns) -> list[float | None]`` where ``columns`` are the
 ``Example.columns()`` of each completion's example, as lists aligned with ``completions``.
 """
@@ -9,9 +9,11 @@ completions for it. Reward functions follow the TRL protocol (see ``nanoseek.rew
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Sequence
 
-RewardFn = Callable[..., list]
+from nanoseek.errors import NanoseekError
+from nanoseek.rewards.base import RewardFn
+from nanoseek.rewards.rules import accuracy_reward, format_reward
 
 # The R1-Zero template (DeepSeek-R1 paper v1, Table 1). `{prompt}` is replaced by the question; the
 # assistant turn is opened with "<think>" so that the completion continues the reasoning.
@@ -61,18 +63,14 @@ class Task:
     answer_type: str = "math"
 
     def examples(self, split: str) -> list[Example]:
+        """The examples of ``split`` (one of ``splits``), in a fixed order."""
         raise NotImplementedError
 
-    def iter_examples(self, split: str) -> Iterator[Example]:
-        yield from self.examples(split)
-
     def reward_funcs(self) -> dict[str, RewardFn]:
-        from nanoseek.rewards import rules as rewards
-
-        return {"accuracy": rewards.accuracy_reward, "format": rewards.format_reward}
+        """Reward name -> reward function for this task's completions (R1's accuracy and format)."""
+        return {"accuracy": accuracy_reward, "format": format_reward}
 
     def check_split(self, split: str) -> None:
-        from nanoseek.errors import NanoseekError
-
+        """Raise ``NanoseekError`` unless ``split`` is one of this task's ``splits``."""
         if split not in self.splits:
             raise NanoseekError(f"task {self.name!r} has no split {split!r}; splits: {', '.join(self.splits)}")

@@ -139,10 +139,6 @@ class ChainTask(Task):
         """``n`` distinct problems from ``seed``, none of them in the held-out test split."""
         return self._draw(random.Random(seed), n, exclude=self._test_keys)
 
-    @property
-    def test_expressions(self) -> set[str]:
-        return set(self._test_keys)
-
     # -- Task API -----------------------------------------------------------------------------
     def examples(self, split: str) -> list[Example]:
         self.check_split(split)

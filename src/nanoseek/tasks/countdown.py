@@ -17,11 +17,14 @@ Prompt: TinyZero's question text; the answer format comes from the template (R1-
 
 from __future__ import annotations
 
+import functools
 import random
 from pathlib import Path
 
 from nanoseek import paths
+from nanoseek.errors import NanoseekError
 from nanoseek.rewards.countdown import countdown_reward, solve
+from nanoseek.rewards.rules import format_reward
 from nanoseek.tasks.base import Example, Task
 from nanoseek.tasks.jsonl import read_jsonl
 
@@ -82,8 +85,6 @@ class CountdownTask(Task):
         self._cache: dict[str, list[Example]] = {}
 
     def _test(self) -> list[Example]:
-        from nanoseek.errors import NanoseekError
-
         path = self.root / TEST_FILE
         if not path.is_file():
             raise NanoseekError(f"Countdown test data not found: expected {path}; it is published at {SOURCE} "
@@ -118,10 +119,8 @@ class CountdownTask(Task):
         return self._cache[split]
 
     def reward_funcs(self):
-        import functools
-
-        from nanoseek.rewards import rules as rewards
-
+        """``accuracy``: the equation verifier with this task's number rule and partial score;
+        ``format``: R1's format reward."""
         acc = functools.partial(countdown_reward, exactly_once=self.exactly_once, format_score=self.format_score)
         acc.__name__ = "countdown_accuracy"  # type: ignore[attr-defined]
-        return {"accuracy": acc, "format": rewards.format_reward}
+        return {"accuracy": acc, "format": format_reward}

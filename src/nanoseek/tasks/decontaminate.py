@@ -25,6 +25,8 @@ import unicodedata
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
+from nanoseek.tasks import get_task, task_names
+
 _TOKEN_RE = re.compile(r"\w+|[^\w\s]")
 
 
@@ -111,8 +113,6 @@ def eval_sources(data_dir=None, extra: list | None = None, names: list[str] | No
     """``({source: [test prompts]}, {source: reason skipped})`` for every known task (or ``names``)
     with default options, plus the tasks in ``extra`` (``Task`` objects, e.g. the one sampled with
     its configured options), each under its own name (a second instance of a name gets ``name#2``)."""
-    from nanoseek.tasks import get_task, task_names
-
     texts: dict[str, list[str]] = {}
     skipped: dict[str, str] = {}
     for name in names if names is not None else task_names():

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from nanoseek import paths
+from nanoseek.errors import NanoseekError
 from nanoseek.tasks.base import Example, Task
 from nanoseek.tasks.jsonl import read_jsonl, report_bad_references
 
@@ -30,8 +31,6 @@ class GSM8KTask(Task):
     answer_type = "number"
 
     def __init__(self, data_dir: str | Path | None = None) -> None:
-        from nanoseek.errors import NanoseekError
-
         self.root = paths.data_dir(data_dir) / "gsm8k"
         missing = [f"{s}.jsonl" for s in self.splits if not (self.root / f"{s}.jsonl").is_file()]
         if missing:
@@ -44,8 +43,6 @@ class GSM8KTask(Task):
         self.bad_references: dict[str, list[str]] = {}
 
     def examples(self, split: str) -> list[Example]:
-        from nanoseek.errors import NanoseekError
-
         self.check_split(split)
         if split not in self._cache:
             path = self.root / f"{split}.jsonl"

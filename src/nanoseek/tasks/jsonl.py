@@ -13,6 +13,8 @@ import logging
 from pathlib import Path
 from typing import Iterator
 
+from nanoseek.errors import NanoseekError
+from nanoseek.rewards.grading import check_reference
 from nanoseek.tasks.base import Example, Task
 
 log = logging.getLogger(__name__)
@@ -20,8 +22,6 @@ log = logging.getLogger(__name__)
 
 def read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
     """Yield ``(line_number, object)`` for each non-blank line; a bad line raises ``NanoseekError``."""
-    from nanoseek.errors import NanoseekError
-
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
@@ -41,8 +41,6 @@ def report_bad_references(task_name: str, split: str, examples: list[Example], d
     Such examples stay in the data but are never rewarded 1 (``accuracy_reward`` gives ``None``).
     ``deep`` also parses each non-numeric reference with math-verify (``grading.check_reference``).
     """
-    from nanoseek.rewards.grading import check_reference
-
     bad = [ex.id for ex in examples if not check_reference(ex.answer, deep=deep)]
     if bad:
         log.warning("%s/%s: %d reference answer(s) cannot be parsed and will not be graded: %s%s",
@@ -57,8 +55,6 @@ class JsonlTask(Task):
     splits = ("train", "test")
 
     def __init__(self, path: str | Path) -> None:
-        from nanoseek.errors import NanoseekError
-
         self.path = Path(path).expanduser()
         if not self.path.is_file():
             raise NanoseekError(f"task file not found: {self.path}")
@@ -67,8 +63,6 @@ class JsonlTask(Task):
         self.bad_references: list[str] = []
 
     def examples(self, split: str = "train") -> list[Example]:
-        from nanoseek.errors import NanoseekError
-
         self.check_split(split)
         if self._examples is None:
             rows = []

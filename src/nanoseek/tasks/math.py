@@ -16,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from nanoseek import paths
+from nanoseek.errors import NanoseekError
 from nanoseek.tasks.base import Example, Task
 from nanoseek.tasks.jsonl import read_jsonl, report_bad_references
 
@@ -27,8 +28,6 @@ class _MathFiles(Task):
     answer_type = "math"
 
     def __init__(self, data_dir: str | Path | None = None) -> None:
-        from nanoseek.errors import NanoseekError
-
         self.root = paths.data_dir(data_dir) / "math500"
         files = FILES[self.name]
         missing = [str(self.root / f) for f in files.values() if not (self.root / f).is_file()]
@@ -39,8 +38,6 @@ class _MathFiles(Task):
         self.bad_references: dict[str, list[str]] = {}
 
     def examples(self, split: str) -> list[Example]:
-        from nanoseek.errors import NanoseekError
-
         self.check_split(split)
         if split not in self._cache:
             path = self.root / FILES[self.name][split]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from nanoseek.errors import NanoseekError
 from nanoseek.tasks.base import R1_MATH_INSTRUCTION, R1_ZERO_SYSTEM
 
 TEMPLATES = ("r1_zero", "r1")
@@ -59,8 +60,6 @@ def r1_chat(prompt: str, tokenizer=None, prefill_think: bool = True, instruction
 
 def apply_template(name: str, prompt: str, tokenizer=None, **options) -> Prompted:
     """Render ``prompt`` with the template ``name`` ("r1_zero" or "r1"); options go to the template."""
-    from nanoseek.errors import NanoseekError
-
     if name in ("r1_zero", "r1-zero", "zero"):
         return r1_zero(prompt, **options)
     if name in ("r1", "r1_chat", "chat"):

@@ -9,14 +9,17 @@ MTP loss (DeepSeek-V3 report sec. 2.2, eq. 25) when the model has MTP modules.
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 import random
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
+
+from nanoseek.model.mtp import mtp_loss
+from nanoseek.model.transformer import DeepseekV3ForCausalLM
+from nanoseek.train.optim import lr_at, make_adamw, set_lr
 
 
 @dataclass
@@ -40,26 +43,6 @@ class PretrainConfig:
     log_every: int = 25
 
 
-
-def lr_at(step: int, total: int, lr: float, warmup: int, min_ratio: float) -> float:
-    """Linear warm-up over ``warmup`` steps, then cosine decay from ``lr`` to ``lr * min_ratio``."""
-    if warmup and step < warmup:
-        return lr * (step + 1) / warmup
-    if total <= warmup:
-        return lr
-    t = min(1.0, (step - warmup) / max(1, total - warmup))
-    return lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
-
-
-def make_adamw(model, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """AdamW with β = (0.9, 0.95) (DeepSeek-V3 sec. 4.2); weight decay on matrices only, none on
-    norms, biases and other vectors."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    rest = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                              {"params": rest, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.95))
-
-
 def pad_right(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad token lists: ``(ids [B, T], mask [B, T])`` with mask 1 on real tokens."""
     T = max(len(s) for s in seqs)
@@ -71,12 +54,6 @@ def pad_right(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
     return ids, mask
 
 
-def _is_native(model) -> bool:
-    from nanoseek.model.transformer import DeepseekV3ForCausalLM
-
-    return isinstance(model, DeepseekV3ForCausalLM)
-
-
 def lm_loss(model, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, dict, torch.Tensor | None]:
     """Mean next-token cross-entropy over real tokens (+ λ·MTP loss + α·balance loss if enabled).
 
@@ -84,7 +61,7 @@ def lm_loss(model, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor,
     mask, never from token values. ``expert_load`` is ``[n_moe_layers, n_routed_experts]`` token
     counts (nanoseek models) for the aux-loss-free bias update, else None.
     """
-    native = _is_native(model)
+    native = isinstance(model, DeepseekV3ForCausalLM)
     want_mtp = native and model.config.num_nextn_predict_layers > 0
     out = model(ids, attention_mask=mask, return_mtp=True) if want_mtp else model(ids, attention_mask=mask)
     logits = out.logits[:, :-1].float()
@@ -94,8 +71,6 @@ def lm_loss(model, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor,
     loss = torch.where(valid, ce, torch.zeros_like(ce)).sum() / valid.sum().clamp(min=1)
     metrics = {"pretrain/loss": float(loss.detach())}
     if want_mtp and getattr(out, "mtp_logits", None):
-        from nanoseek.model.mtp import mtp_loss
-
         mtp = mtp_loss(out.mtp_logits, ids, mask, weight=model.config.mtp_loss_weight)
         loss = loss + mtp
         metrics["pretrain/mtp_loss"] = float(mtp.detach())
@@ -128,8 +103,7 @@ def pretrain(model, documents: Callable[[int, int], list[list[int]]], cfg: Pretr
     for step in range(start_step, cfg.steps):
         t0 = time.perf_counter()
         lr = lr_at(step, cfg.steps, cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio)
-        for g in optimizer.param_groups:
-            g["lr"] = lr
+        set_lr(optimizer, lr)
         ids, mask = pad_right(documents(step, cfg.batch_size), pad_id)
         loss, metrics, load = lm_loss(model, ids, mask)
         optimizer.zero_grad(set_to_none=True)

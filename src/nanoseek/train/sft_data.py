@@ -36,7 +36,8 @@ from pathlib import Path
 import torch
 
 from nanoseek.errors import NanoseekError
-from nanoseek.tokenizer import THINK_CLOSE, THINK_OPEN
+from nanoseek.tasks.jsonl import read_jsonl
+from nanoseek.tokenizer import THINK_CLOSE, THINK_OPEN, stop_token_ids
 
 ROLES = ("system", "user", "assistant")
 _SENTINEL = "\x00nanoseek-sentinel\x00"
@@ -62,8 +63,6 @@ def validate_messages(messages, where: str) -> list[dict]:
 
 def load_chat_jsonl(paths) -> list[list[dict]]:
     """Read every record of the chat JSONL files ``paths`` (a path or a list); errors name file:line."""
-    from nanoseek.tasks.jsonl import read_jsonl
-
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     if not paths:
         raise NanoseekError("no SFT data given (--data FILE.jsonl)")
@@ -83,8 +82,6 @@ def load_chat_jsonl(paths) -> list[list[dict]]:
 def end_of_turn_id(tokenizer) -> int:
     """The token that ends an assistant turn in the chat template (``<|end|>``, ``<|im_end|>``, the
     EOS of DeepSeek-R1, ...): the stop token the template writes right after the content, else EOS."""
-    from nanoseek.tokenizer import stop_token_ids
-
     stops = stop_token_ids(tokenizer)
     if not getattr(tokenizer, "chat_template", None):
         if tokenizer.eos_token_id is None:
@@ -213,10 +210,6 @@ class SFTBatch:
     loss_mask: torch.Tensor
     position_ids: torch.Tensor | None = None
 
-    @property
-    def n_completion_tokens(self) -> int:
-        return int(self.loss_mask[:, 1:].sum())
-
 
 def pad_batch(examples: list[SFTExample], pad_id: int) -> SFTBatch:
     """Right-pad ``examples`` to the longest; masks come from each example's length."""
@@ -285,6 +278,7 @@ class SFTSchedule:
         return self._epoch_cache[epoch]
 
     def batch(self, step: int, pad_id: int) -> SFTBatch:
+        """The batch of optimizer step ``step`` (0-based, across epochs), padded with ``pad_id``."""
         epoch, k = divmod(step, self.steps_per_epoch)
         units = self._units(epoch)[k * self.batch_size:(k + 1) * self.batch_size]
         return packed_batch(units, pad_id) if self.packing else pad_batch(units, pad_id)
