@@ -161,6 +161,7 @@ def zero_grpo(run: Path) -> Path:
 
 def zero_pretrain(run: Path) -> Path:
     """Make ``run`` a zero run stopped during pretraining: no base/, a pretrain_checkpoint/."""
+    (run / "summary.json").unlink(missing_ok=True)
     shutil.rmtree(run / "base")
     shutil.rmtree(run / "checkpoints")
     ckpt = run / "pretrain_checkpoint"

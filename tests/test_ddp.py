@@ -31,7 +31,8 @@ class _MixedTask(ToyTask):
 CASES = {
     # transformers policy: fast rollout + shared-prompt scoring; KL, mu = 2, minibatches, accumulation, DAPO
     "qwen": (qwen_policy, _MixedTask, dict(beta=0.04, mu=2, minibatches_per_step=2, grad_accumulation_steps=2,
-                                           loss_type="dapo", epsilon_high=0.28, dynamic_sampling=True)),
+                                           loss_type="dapo", epsilon_high=0.28, dynamic_sampling=True,
+                                           dynamic_sampling_metric="reward")),
     # nanoseek DeepSeek-V3 policy: plain paths; expert loads summed over ranks for the balancing bias
     "native": (native_policy, ToyTask, dict(beta=0.04, expert_bias_update=True, loss_type="grpo")),
 }

@@ -198,7 +198,8 @@ def test_planted_pass1_and_cons(server, tmp_path, monkeypatch):
     dead = next(r for r in rows if r["task"] == "math500" and r["problem"] == 3 and r["sample"] == 3)
     assert dead["error"].startswith("HTTP 500") and dead["correct"] is False
     g4 = next(r for r in rows if r["task"] == "gsm8k" and r["problem"] == 4 and r["sample"] == 0)
-    assert g4["extracted"] is None  # the answer is read from content, never from the reasoning
+    # the answer is read from content (all of it, as it has no mark), never from the reasoning's \boxed{20}
+    assert g4["extracted"] == "I could not decide." and g4["correct"] is False
 
 
 def test_resume_refuse_and_cli(server, tmp_path, monkeypatch, capsys):
@@ -233,3 +234,32 @@ def test_resume_refuse_and_cli(server, tmp_path, monkeypatch, capsys):
     assert main(["eval", "--endpoint", server.url, "--model", "nope", "--task", "gsm8k", "--limit", "1",
                  "--max-tokens", "256", "--out", str(tmp_path / "other")]) == 2
     assert "refused the request (HTTP 404" in capsys.readouterr().err
+
+
+def test_content_is_the_answer_when_the_reasoning_comes_separately():
+    """Issue 19 item 10: nanoseek serve (like DeepSeek's API) returns an R1-Zero model's answer as
+    bare ``content`` ("7") beside ``reasoning_content``; that content is the answer. Without a separate
+    reasoning the content is the whole completion and needs its own mark."""
+    from nanoseek.evaluation.endpoint import ChatReply
+    from nanoseek.evaluation.run import endpoint_completion
+    from nanoseek.tasks import get_task
+
+    task = get_task("chain")
+    ex = task.examples("test")[0]
+    right, wrong = str(ex.answer), str((int(ex.answer) + 1) % 10)
+    sampler = EndpointSampler(EndpointConfig("http://127.0.0.1:1/v1", MODEL))
+
+    def grade(content, reasoning, finish="stop"):
+        g = sampler.grade(task, ex, ex.prompt, 0, 0, ChatReply(content, reasoning, finish, 12))
+        return g.extracted, g.correct, g.well_formed, g.thinking
+
+    assert grade(right, "1+2=3") == (right, True, True, True)
+    assert grade(f" {right}\n", "1+2=3") == (right, True, True, True)
+    assert grade(wrong, "1+2=3") == (wrong, False, True, True)
+    assert grade(f"So \\boxed{{{right}}}.", "") == (right, True, True, False)  # its own mark decides
+    assert grade(f"#### {wrong}\nor {right}", "x") == (wrong, False, True, True)
+    assert grade(right, None) == (None, False, False, False)  # no separate reasoning: no marked answer
+    assert grade("", f"thinking about {right}", "length") == (None, False, False, False)  # cut off while thinking
+    assert endpoint_completion("7", "r") == "<think>r</think><answer>7</answer>"
+    assert endpoint_completion("\\boxed{7}", "r") == "<think>r</think>\\boxed{7}"
+    assert endpoint_completion("7", None) == "7" and endpoint_completion(" ", "r") == "<think>r"

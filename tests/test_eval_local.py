@@ -113,3 +113,31 @@ def test_zero_run_summary_is_reproduced(tmp_path, data_dir, monkeypatch):
     assert main(["eval", "--model", str(run), "--task", "gsm8k", "--limit", "50", "--samples", "4",
                  "--max-tokens", "256", "--out", str(out)]) == 0
     assert {"results.json", "results.md", "samples.jsonl"} <= {p.name for p in out.iterdir()}
+
+
+def test_threads_flag_and_the_runs_thread_setting(run_dir, tmp_path, data_dir, monkeypatch):
+    """Issue 19 item 11: ``--threads`` sets torch's threads while a local model samples (restored
+    after); without it the run's ``run.threads`` is used, as training used it."""
+    import nanoseek.evaluation.run as ev_run
+    from nanoseek.cli.main import main
+
+    monkeypatch.setenv("NANOSEEK_QUIET", "1")
+    seen = []
+    real = ev_run.generate_results
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        yield from real(*args, **kwargs)
+
+    monkeypatch.setattr(ev_run, "generate_results", spy)
+    before = torch.get_num_threads()
+    other = 1 if before != 1 else 2
+    small = ["--task", "gsm8k", "--limit", "1", "--samples", "1", "--max-tokens", "4"]
+    assert main(["eval", "--model", str(run_dir), *small, "--threads", str(other), "--out", str(tmp_path / "a")]) == 0
+    assert seen == [other] and torch.get_num_threads() == before
+    assert main(["eval", "--model", str(run_dir), *small, "--out", str(tmp_path / "b")]) == 0
+    assert seen[-1] == before  # the run recorded no threads: torch's default, untouched
+    assert ev_run.local_sampler(str(run_dir), 4, {"run": {"threads": other}}).threads == other
+    assert ev_run.local_sampler(str(run_dir), 4, {"run": {"threads": other}}, threads=0).threads == 0
+    assert ev_run.local_sampler(str(run_dir), 4, {}).threads == 0
+    assert main(["eval", "--model", str(run_dir), *small, "--threads", "-1", "--out", str(tmp_path / "c")]) == 2

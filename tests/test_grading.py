@@ -98,6 +98,56 @@ def test_not_equivalent(pred, ref):
     assert not is_equivalent(pred, ref)
 
 
+# Tiny values: equality is exact for rationals and relative otherwise, never an absolute tolerance.
+# Each pair is graded in both orders, bare and boxed; the first block is decided by the fast path,
+# the second by math-verify (whose own comparison rounds to 6 decimals or chops below ~1e-15).
+TINY_DIFFERENT_FAST = [
+    ("2^{-60}", "2^{-70}"), ("2^-60", "2^-70"), ("\\frac{1}{2^{60}}", "\\frac{1}{2^{70}}"), ("1e-70", "1e-80"),
+    ("10^{-70}", "10^{-80}"), ("1.5\\times 10^{-9}", "1.6\\times 10^{-9}"), ("0.0000001", "0.0000002"),
+    ("1/1152921504606846976", "1/1180591620717411303424"), ("2^{-60}", "2^{-61}"), ("1e-70", "1.000001e-70"),
+    ("x = 2^{-60}", "x = 2^{-70}"), ("\\{2^{-60}, 3\\}", "\\{2^{-70}, 3\\}"),
+]
+TINY_DIFFERENT_SLOW = [
+    ("y = 2^{-60}\\pi", "y = 2^{-70}\\pi"), ("e^{-100}", "e^{-101}"),
+    ("\\sqrt{2}\\cdot 10^{-30}", "\\sqrt{3}\\cdot 10^{-30}"), ("(2^{-60}, 1)", "(2^{-70}, 1)"),
+    ("\\{2^{-60}, \\pi\\}", "\\{2^{-70}, \\pi\\}"), ("2^{-60}x", "2^{-70}x"),
+    ("[0, 2^{-60}]", "[0, 2^{-70}]"), ("x + 2^{-60}", "x + 2^{-70}"), ("0.0000001\\pi", "0.0000002\\pi"),
+]
+TINY_EQUAL = [
+    ("0.5", "\\frac{1}{2}"), ("1e-70", "10^{-70}"), ("10^{-70}", "\\frac{1}{10^{70}}"), ("2^{-60}", "\\frac{1}{2^{60}}"),
+    ("1.5\\times 10^{-9}", "1.5e-9"), ("3 \\cdot 10^{4}", "30000"), ("1e400", "10^{400}"), ("(-2)^{3}", "-8"),
+    ("\\frac{\\sqrt{2}}{10}", "0.141421"), ("\\frac{1}{3}", "0.333333"), ("e^{-100}", "e^{-100}"),
+    ("\\frac{2}{7}\\cdot 10^{-9}", "2.857143\\times 10^{-10}"),
+    ("x = 10^{-70}", "x = 1\\times 10^{-70}"), ("\\sqrt{2}\\cdot 10^{-30}", "\\frac{10^{-30}}{\\frac{1}{\\sqrt{2}}}"),
+]
+
+
+def _both_orders_and_forms(a, b):
+    return [(p, r) for x, y in ((a, b), (b, a)) for p, r in ((x, y), (f"\\boxed{{{x}}}", y), (f"${x}$", y))]
+
+
+@pytest.mark.parametrize("a, b", TINY_DIFFERENT_FAST)
+def test_tiny_different_values_are_different_on_the_fast_path(a, b):
+    counts = GradeCounts()
+    for pred, ref in _both_orders_and_forms(a, b):
+        assert not is_equivalent(pred, ref, counts=counts), (pred, ref)
+    assert counts.snapshot()["fast_path"] == 6 and counts.snapshot()["slow_path"] == 0
+
+
+@pytest.mark.parametrize("a, b", TINY_DIFFERENT_SLOW)
+def test_tiny_different_values_are_different_through_math_verify(a, b):
+    counts = GradeCounts()
+    for pred, ref in _both_orders_and_forms(a, b):
+        assert not is_equivalent(pred, ref, counts=counts), (pred, ref)
+    assert counts.snapshot()["slow_path"] == 6 and counts.snapshot()["timeouts"] == 0
+
+
+@pytest.mark.parametrize("a, b", TINY_EQUAL)
+def test_equal_values_stay_equal_however_small(a, b):
+    for pred, ref in _both_orders_and_forms(a, b):
+        assert is_equivalent(pred, ref), (pred, ref)
+
+
 def test_gsm8k_style_rewrites_of_n():
     for pred in ["\\boxed{1234}", "<answer>1234</answer>", "#### 1234", "1234.0", "1,234", "$1234$",
                  "\\text{1234}", "The answer is 1234.", "So she earns $1,234 in total."]:
@@ -170,3 +220,25 @@ def test_timeout_from_a_worker_thread():
     t.start()
     t.join(30)
     assert result["r"] == 0.0
+
+
+def test_a_check_waiting_for_a_busy_worker_times_out_and_is_not_cached():
+    """The deadline covers the wait for a free worker: with the only worker busy on a slow check, a
+    second check gives up at its own deadline (counted as a queue timeout), and the same pair is
+    judged normally once a worker is free. A fresh pool's first check waits for its start-up."""
+    from nanoseek.rewards.grading_pool import SlowPathPool
+
+    pool = SlowPathPool(max_workers=1)
+    try:
+        assert pool.check("\\frac{2}{4}", "\\frac{1}{2}", False, 0.5) == "equal"  # start-up is not in the 0.5 s
+        slow = threading.Thread(target=pool.check, args=("\\boxed{9^{9^{9^{9}}}}", "5", False, 1.5))
+        slow.start()
+        time.sleep(0.2)  # the slow check holds the only worker for about 1.2 s more
+        counts = GradeCounts()
+        assert pool.check("\\frac{3}{9}", "\\frac{1}{3}", False, 0.3, counts) == "timeout"
+        assert counts.snapshot()["queue_timeouts"] == 1
+        slow.join(30)
+        assert pool.check("\\frac{3}{9}", "\\frac{1}{3}", False, 2.0, counts) == "equal"
+        assert counts.snapshot()["cache_hits"] == 0
+    finally:
+        pool.close()

@@ -1,6 +1,8 @@
-"""Never lose a run: ``nanoseek zero`` killed with SIGKILL (between steps, and in the middle of
-writing a checkpoint) and resumed gives the same metrics (all but timing fields), samples and
-weights as a run that was never interrupted. Tiny recipe, subprocesses, one torch thread."""
+"""Never lose a run: ``nanoseek zero`` killed with SIGKILL (between GRPO steps, in the middle of
+writing a checkpoint, during pretraining, while writing the base model, and after the final
+evaluation) and resumed gives the same metrics (all but timing fields), samples and weights as a
+run that was never interrupted, its whole wall time and no temporary files. Tiny recipe,
+subprocesses, one torch thread. ``bench/bench_resume_kill.py`` kills at random moments."""
 
 import json
 import os
@@ -11,6 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from nanoseek.atomic import TMP_PREFIX
 
 SET = [
     "run.threads=1", "run.checkpoint_every=2", "run.keep_checkpoints=2",
@@ -44,6 +48,26 @@ elif mode == "write":  # SIGKILL inside checkpoint step-`at`, after its files, b
         if f"step-{at}-" in tmp.name:
             os.kill(os.getpid(), signal.SIGKILL)
     zero.run_zero = lambda *a, **k: run_zero(*a, **{**k, "fault_hook": hook})
+elif mode == "pretrain":  # 3 s after logging pretraining step `at` (before its checkpoint), SIGKILL
+    import time
+    from nanoseek.runs.rundir import RunDir
+    log = RunDir.log_metrics
+    def killing_log(self, record):
+        log(self, record)
+        if record.get("pretrain/step") == at:
+            time.sleep(3)
+            os.kill(os.getpid(), signal.SIGKILL)
+    RunDir.log_metrics = killing_log
+elif mode == "base":  # SIGKILL just before base/ is renamed into place (written under .tmp-base-*)
+    replace = os.replace
+    def killing_replace(src, dst, *a, **k):
+        if os.path.basename(os.fspath(dst)) == "base":
+            os.kill(os.getpid(), signal.SIGKILL)
+        return replace(src, dst, *a, **k)
+    os.replace = killing_replace
+elif mode == "finish":  # SIGKILL after the final evaluation is logged and the report written
+    from nanoseek.runs.rundir import RunDir
+    RunDir.write_summary = lambda self, summary: os.kill(os.getpid(), signal.SIGKILL)
 from nanoseek.cli.main import main
 sys.exit(main(sys.argv[3:]))
 '''
@@ -103,3 +127,36 @@ def test_killed_run_resumes_bit_for_bit(tmp_path, uninterrupted, mode, at):
     state = torch.load(ts / "state.pt", weights_only=True)  # tensors and plain data only (issue 19)
     assert {"optimizer", "data_pos", "ref_model", "config"} <= state.keys() and (ts / "config.toml").is_file()
     assert not any(p.name.startswith(".tmp-") for p in (run / "checkpoints").iterdir())
+    assert json.loads((run / "summary.json").read_text())["command"].startswith("nanoseek zero --out")
+
+
+def _temporaries(run: Path) -> list[str]:
+    return sorted(str(p.relative_to(run)) for p in run.rglob(f"{TMP_PREFIX}*"))
+
+
+@pytest.mark.parametrize(("mode", "at"), [("pretrain", 3), ("base", 0), ("finish", 0)])
+def test_killed_outside_grpo_leaves_no_trace(tmp_path, uninterrupted, mode, at):
+    """Killed during pretraining (3 s after a step whose checkpoint is not yet written), before the
+    base model's rename, or after the final evaluation's line: the resumed run's metrics equal the
+    uninterrupted run's (no repeated pretraining or final-evaluation line), the seconds before the
+    kill are counted in its wall time, and no temporary file or folder is left."""
+    ref, run = uninterrupted, tmp_path / "killed"
+    assert _nanoseek(tmp_path, _zero(run), mode, at) == -9
+    killed = _records(run, "metrics.jsonl")
+    if mode == "pretrain":
+        assert [r["pretrain/step"] for r in killed] == [1, 2, 3] and not (run / "base").exists()
+        assert json.loads((run / "wall.json").read_text())["seconds"] >= 1.5  # the 3 s slept before the kill
+    if mode == "base":
+        assert [p.name.split("-")[1] for p in run.glob(".tmp-base-*")] == ["base"] and not (run / "base").exists()
+    if mode == "finish":
+        assert killed == _records(ref, "metrics.jsonl") and not (run / "summary.json").exists()
+    wall_before = json.loads((run / "wall.json").read_text())["seconds"] if (run / "wall.json").exists() else 0.0
+    _nanoseek(tmp_path, ["zero", "--resume", str(run)])
+    assert _records(run, "metrics.jsonl") == _records(ref, "metrics.jsonl")
+    assert _records(run, "samples.jsonl") == _records(ref, "samples.jsonl")
+    a, b = _weights(ref, 4), _weights(run, 4)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert _temporaries(run) == []
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["wall_seconds"] > wall_before  # the killed call's seconds, then the resumed call's
+    assert summary["command"].startswith("nanoseek zero --out")  # the command that started it, not --resume

@@ -184,3 +184,63 @@ def test_rewards_never_raise_on_garbage():
             out = fn(comps, answer=refs, think_prefilled=pre)
             assert len(out) == len(comps)
             assert all(v is None or 0.0 <= v <= 1.0 for v in out)
+
+
+# ---------------------------------------------------------------- failures are counted, never silent
+
+class Unprintable:
+    """A completion whose text cannot be taken: every reward's internal exception path."""
+
+    def __str__(self):
+        raise RuntimeError("no text")
+
+
+def test_each_reward_counts_the_completions_it_failed_to_score():
+    from nanoseek.rewards.countdown import countdown_reward
+    from nanoseek.rewards.rules import language_consistency_reward
+
+    comps = [GOOD, Unprintable(), Unprintable()]
+    counts = GradeCounts()
+    assert format_reward(comps, counts=counts) == [1.0, 0.0, 0.0]
+    assert language_consistency_reward(comps, counts=counts) == [1.0, 0.0, 0.0]
+    assert accuracy_reward(comps, answer="4", counts=counts) == [1.0, 0.0, 0.0]
+    good_cd = "<think>.</think><answer>93 + 30 - 100</answer>"
+    assert countdown_reward([good_cd, good_cd], nums=[[30, 100, 93], ["x"]], target=[23, 23],
+                            counts=counts) == [1.0, 0.0]
+    assert counts.reward_errors == {"format": 2, "language": 2, "accuracy": 2, "countdown": 1}
+    snap = counts.snapshot()
+    assert snap["reward_errors/format"] == 2 and snap["reward_errors/countdown"] == 1 and snap["errors"] == 2
+    assert format_reward([Unprintable()]) == [0.0]  # without counts nothing is kept, and nothing raises
+
+
+def test_combined_rewards_count_failures_under_their_names_in_the_sum():
+    fn = combine_rewards({"accuracy": 1.0, "format": 0.5, "language_consistency": 0.0})
+    counts = GradeCounts()
+    parts = fn.parts([GOOD, Unprintable(), "<think>x</think><answer>5</answer>"], answer="4", counts=counts)
+    assert parts == {"accuracy": [1.0, 0.0, 0.0], "format": [1.0, 0.0, 1.0], "language_consistency": [1.0, 0.0, 0.0]}
+    assert counts.snapshot() == {
+        "calls": 2, "fast_path": 2, "slow_path": 0, "cache_hits": 0, "timeouts": 0, "queue_timeouts": 0,
+        "parse_failures": 0, "no_answer": 0, "bad_references": 0, "errors": 1, "worker_restarts": 0,
+        "reward_errors/accuracy": 1, "reward_errors/format": 1, "reward_errors/language_consistency": 1}
+
+
+def test_reward_errors_reach_the_step_metrics_and_raise_an_alarm():
+    import io
+
+    from nanoseek.rl.health import Alarms, rollout_metrics
+
+    def group(n):
+        return {"rewards": [1.0] * n, "parts": {"accuracy": [1.0] * n, "format": [1.0] * n}, "lengths": [5] * n,
+                "truncated": [False] * n, "thinking": [True] * n, "zero_spread": False}
+
+    sampled = [group(50), group(50)]  # 100 completions
+    one = rollout_metrics(sampled, sampled, 1, {"calls": 100, "reward_errors/format": 1})
+    assert (one["reward/errors/format"], one["reward/errors/accuracy"], one["completion/unscored"]) == (1, 0, 0.01)
+    two = rollout_metrics(sampled, sampled, 1, {"calls": 100, "reward_errors/format": 2, "reward_errors/accuracy": 1})
+    assert (two["reward/errors/format"], two["reward/errors/accuracy"], two["completion/unscored"]) == (2, 1, 0.02)
+    out = io.StringIO()
+    alarms = Alarms(stream=out)
+    assert alarms.check({**one, "step": 1}) == []  # 1% is not more than 1%
+    assert alarms.check({**two, "step": 2}) == ["reward_errors"]
+    assert alarms.check({**two, "step": 3}) == []  # once per run
+    assert "failed to score 2.0% of the completions" in out.getvalue() and "reward/errors/<name>" in out.getvalue()

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from nanoseek.errors import NanoseekError
-from nanoseek.atomic import atomic_dir, atomic_write_json, atomic_write_text
+from nanoseek.atomic import atomic_dir, atomic_write_json, atomic_write_text, clear_temporaries
 from nanoseek.runs.rundir import RunDir, default_path, dumps_toml, is_run_dir, to_jsonable
 
 CONFIG = {"recipe": "zero", "seed": 0, "lr": 1e-6, "model": {"name": "tiny", "layers": [1, 2]}}
@@ -273,3 +273,73 @@ def test_summary_round_trip(tmp_path):
     assert run.read_summary() is None
     run.write_summary({"steps": 3, "final": {"pass@1": torch.tensor(0.5)}})
     assert run.read_summary() == {"steps": 3, "final": {"pass@1": 0.5}}
+
+
+# ---------------------------------------------------------------- after a crash (issue 19)
+
+
+def test_temporary_names_carry_the_writers_pid(tmp_path, monkeypatch):
+    seen = []
+    real = os.replace
+    monkeypatch.setattr(os, "replace", lambda a, b: (seen.append(os.path.basename(a)), real(a, b))[1])
+    atomic_write_text(tmp_path / "metrics.jsonl", "x\n")
+    with atomic_dir(tmp_path / "step-4"):
+        pass
+    assert seen[0].startswith(f".tmp-metrics.jsonl-{os.getpid()}.") and seen[1] == f".tmp-step-4-{os.getpid()}"
+
+
+def test_clear_temporaries_removes_dead_writers_and_restores_a_set_aside_folder(tmp_path):
+    dead = 2**22 + 12345  # above Linux's pid_max: no such process
+    for name in (f".tmp-step-4-{dead}", f".tmp-step-4-{dead}-old", f".tmp-base-{dead}-old",
+                 f".tmp-step-2-{os.getpid()}", f".tmp-step-6-{os.getppid()}"):
+        (tmp_path / name).mkdir()
+    (tmp_path / f".tmp-base-{dead}-old" / "config.json").write_text("{}")
+    (tmp_path / "base").mkdir()  # base/ made it: its set-aside predecessor goes
+    (tmp_path / f".tmp-latest-{dead}.k2_x9").write_text("step-4\n")
+    (tmp_path / ".tmp-latest-legacy_name").write_text("step-2\n")  # before names had a pid
+    removed = clear_temporaries(tmp_path)
+    assert sorted(p.name for p in removed) == sorted([f".tmp-step-4-{dead}", f".tmp-base-{dead}-old",
+                                                     f".tmp-latest-{dead}.k2_x9", ".tmp-latest-legacy_name"])
+    # step-4 was renamed aside and the new one never arrived: the complete old one is back
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["base", "step-4", f".tmp-step-2-{os.getpid()}", f".tmp-step-6-{os.getppid()}"])  # live writers' stay
+
+
+def test_resume_clears_temporaries_of_a_killed_run(tmp_path):
+    run = RunDir.create(tmp_path / "run", CONFIG)
+    dead = 2**22 + 7
+    for folder in (run.path, run.checkpoints_path, run.plots_dir):
+        (folder / f".tmp-x-{dead}").mkdir()
+    RunDir.create(run.path, None, resume=True)
+    assert list(run.path.rglob(".tmp-*")) == []
+
+
+@pytest.mark.parametrize("content", [b"", b"  \n# nothing\n", b"\xff\xfe\x00", b"x = [1,", b"[1, 2]"])
+def test_unreadable_config_is_one_line_and_kept(tmp_path, content):
+    run = RunDir.create(tmp_path / "run", CONFIG)
+    (run.path / "config.toml").write_bytes(content)
+    with pytest.raises(NanoseekError) as e:
+        RunDir.create(run.path, CONFIG, resume=True)
+    assert str(run.path / "config.toml") in str(e.value) and "\n" not in str(e.value)
+    assert (run.path / "config.toml").read_bytes() == content
+    assert not (run.path / "config.previous.toml").exists()
+
+
+def test_record_command_keeps_the_first(tmp_path):
+    run = RunDir.create(tmp_path / "run", CONFIG)
+    assert run.commands() == []
+    assert run.record_command("nanoseek zero --out run") == ["nanoseek zero --out run"]
+    assert run.record_command("nanoseek zero --resume run") == ["nanoseek zero --out run", "nanoseek zero --resume run"]
+    assert RunDir(run.path).commands()[0] == "nanoseek zero --out run"
+
+
+def test_put_metrics_takes_the_place_of_the_line_it_redoes(tmp_path):
+    run = RunDir.create(tmp_path / "run", CONFIG)
+    for rec in ({"step": 0, "a": 1}, {"step": 0, "eval": 0.1}, {"step": 1, "a": 2}, {"step": 0, "eval": 0.9}):
+        run.log_metrics(rec)
+    run.put_metrics({"step": 0, "eval": 0.5}, lambda r: "eval" in r)
+    assert run.read_metrics() == [{"step": 0, "a": 1}, {"step": 0, "eval": 0.5}, {"step": 1, "a": 2}]
+    run.put_metrics({"step": 2, "eval": 0.7}, lambda r: r["step"] == 2)  # no match: appended
+    assert run.read_metrics()[-1] == {"step": 2, "eval": 0.7}
+    assert run.drop_records(lambda r: r["step"] == 0) == 2
+    assert [r["step"] for r in run.read_metrics()] == [1, 2]

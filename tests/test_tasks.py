@@ -220,3 +220,36 @@ def test_countdown_generator_is_seeded_solvable_and_excludes_test(data_dir):
         assert 10 <= target <= 100 and len(nums) in (3, 4) and all(1 <= x <= 99 for x in nums)
         assert score_equation(solve(nums, target), nums, target, exactly_once=True) == 1.0
         assert (tuple(sorted(nums)), target) not in test
+
+
+def test_countdown_train_split_never_drops_the_test_exclusion_silently(tmp_path, caplog):
+    """Without a readable test file the train split is an error (it would no longer exclude the test
+    puzzles), unless ``exclude_test = false`` says so on purpose; that case is logged."""
+    missing = get_task("countdown", data_dir=tmp_path, num_train=5)
+    with pytest.raises(NanoseekError, match=r"^countdown: the train split excludes the test puzzles, but the test "
+                                            r"split cannot be read \(Countdown test data not found: expected .*"
+                                            r"countdown_cd3_test\.jsonl.*exclude_test = false$"):
+        missing.examples("train")
+    (tmp_path / "countdown").mkdir()
+    rows = '{"input": "1,2,3", "output": "6"}\n{"input": 7}\n'
+    (tmp_path / "countdown" / "countdown_cd3_test.jsonl").write_text(rows)
+    with pytest.raises(NanoseekError, match=r"countdown_cd3_test\.jsonl:2: expected \"input\""):
+        get_task("countdown", data_dir=tmp_path, num_train=5).examples("train")
+    with caplog.at_level(logging.WARNING):
+        train = get_task("countdown", data_dir=tmp_path / "nowhere", num_train=5, exclude_test=False).examples("train")
+    assert [e.id for e in train] == [f"countdown/train/0/{i}" for i in range(5)]
+    assert "exclude_test = false" in caplog.text
+    with pytest.raises(NanoseekError, match=r"^countdown task option exclude_test must be true or false, got 'no'$"):
+        get_task("countdown", exclude_test="no")
+
+
+def test_countdown_exclusion_removes_a_test_puzzle_from_train(tmp_path):
+    """The train split of a seed, with the first generated puzzle planted as the only test puzzle,
+    is the same stream with that puzzle left out."""
+    free = get_task("countdown", data_dir=tmp_path, num_train=6, seed=3, exclude_test=False).examples("train")
+    nums, target = free[0].metadata["nums"], free[0].metadata["target"]
+    (tmp_path / "countdown").mkdir()
+    (tmp_path / "countdown" / "countdown_cd3_test.jsonl").write_text(
+        json.dumps({"input": ",".join(map(str, nums)), "output": str(target)}) + "\n")
+    kept = get_task("countdown", data_dir=tmp_path, num_train=5, seed=3).examples("train")
+    assert [e.metadata for e in kept] == [e.metadata for e in free[1:]]

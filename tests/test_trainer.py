@@ -2,6 +2,8 @@
 stop strings, prompt-length filtering, gradient accumulation, health alarms, logging backends."""
 
 import io
+import sys
+import types
 
 import pytest
 import torch
@@ -10,7 +12,7 @@ from nanoseek.errors import NanoseekError
 from nanoseek.rl.config import GRPOConfig
 from nanoseek.recipes.config import build_zero_config
 from nanoseek.policy.policy import build_batch
-from nanoseek.rl import token_logprobs
+from nanoseek.rl import grpo_loss, token_logprobs
 from nanoseek.rl.health import Alarms
 from nanoseek.rl.trainer import GRPOTrainer
 from nanoseek.train.optim import lr_at
@@ -59,7 +61,10 @@ def test_metrics_and_samples():
 
 
 def test_beta_zero_loads_no_reference_and_reset_replaces_it():
-    assert GRPOTrainer(qwen_policy(), ToyTask(), toy_config(beta=0.0), seed=0).ref_model is None
+    plain = GRPOTrainer(qwen_policy(), ToyTask(), toy_config(beta=0.0), seed=0)
+    assert plain.ref_model is None
+    (group,) = plain.optimizer.param_groups  # TRL's AdamW defaults (train/optim.py GRPO_BETAS)
+    assert (group["betas"], group["eps"], group["weight_decay"]) == ((0.9, 0.999), 1e-8, 0.0)
     policy = qwen_policy()
     tr = GRPOTrainer(policy, ToyTask(), toy_config(beta=0.04, ref_reset_every=2), seed=0)
     tr.step(0)
@@ -102,7 +107,7 @@ class _HalfFlatTask(ToyTask):
 
 
 def test_dynamic_sampling_drops_zero_spread_groups_and_draws_more():
-    cfg = toy_config(dynamic_sampling=True, max_new_tokens=6)
+    cfg = toy_config(dynamic_sampling=True, dynamic_sampling_metric="reward", max_new_tokens=6)
     tr = GRPOTrainer(qwen_policy(), _HalfFlatTask(), cfg, seed=0)
     ro = tr.collector.collect(0, 0)
     assert len(ro.kept) == 4 and all(not s["zero_spread"] for s in ro.kept)
@@ -114,6 +119,65 @@ def test_dynamic_sampling_drops_zero_spread_groups_and_draws_more():
     # without dynamic sampling the zero-spread groups stay in the batch
     plain = GRPOTrainer(qwen_policy(), _HalfFlatTask(), toy_config(max_new_tokens=6), seed=0).collector.collect(0, 0)
     assert plain.rounds == 1 and any(s["zero_spread"] for s in plain.kept)
+
+
+def _two_signal_rewards(prompt, completion_ids):
+    """(accuracy, format) per completion. Even prompts: accuracy 1 for all, format = even-id share
+    (equal accuracy, different combined reward). Odd prompts: accuracy = first token even, format =
+    1 - accuracy (different accuracy, combined reward 1 for all with weights 1 and 1)."""
+    out = []
+    for p, ids in zip(prompt, completion_ids):
+        if int(p.split()[1]) % 2 == 0:
+            out.append((1.0, sum(t % 2 == 0 for t in ids) / max(1, len(ids))))
+        else:
+            acc = float(bool(ids) and ids[0] % 2 == 0)
+            out.append((acc, 1.0 - acc))
+    return out
+
+
+class _TwoSignalTask(ToyTask):
+    def reward_funcs(self):
+        return {"accuracy": lambda completions, prompt, completion_ids=None, **_:
+                [a for a, _ in _two_signal_rewards(prompt, completion_ids)],
+                "format": lambda completions, prompt, completion_ids=None, **_:
+                [f for _, f in _two_signal_rewards(prompt, completion_ids)]}
+
+
+def _flat(values):
+    return max(values) == min(values)
+
+
+def test_dynamic_sampling_filters_on_accuracy_by_default():
+    weights = {"accuracy": 1.0, "format": 1.0}
+    assert GRPOConfig().dynamic_sampling_metric == "accuracy"
+    ro = GRPOTrainer(qwen_policy(), _TwoSignalTask(), toy_config(dynamic_sampling=True, reward_weights=weights,
+                                                                max_new_tokens=6), seed=0).collector.collect(0, 0)
+    assert len(ro.kept) == 4
+    # kept: odd prompts whose accuracy differs, although their combined reward is 1 everywhere
+    assert all(s["idx"] % 2 == 1 and not _flat(s["parts"]["accuracy"]) and s["rewards"] == [1.0] * 4 for s in ro.kept)
+    # dropped: every even prompt (accuracy all 1), even when its format rewards differ
+    drops = [s for s in ro.sampled if s not in ro.kept and s["pos"] < ro.kept[-1]["pos"]]  # later: batch full
+    assert any(s["idx"] % 2 == 0 and not s["zero_spread"] for s in drops)
+    assert all(_flat(s["parts"]["accuracy"]) for s in drops)
+
+
+def test_dynamic_sampling_metric_reward_filters_on_the_combined_reward():
+    cfg = toy_config(dynamic_sampling=True, dynamic_sampling_metric="reward", max_new_tokens=6,
+                     reward_weights={"accuracy": 1.0, "format": 1.0})
+    ro = GRPOTrainer(qwen_policy(), _TwoSignalTask(), cfg, seed=0).collector.collect(0, 0)
+    assert len(ro.kept) == 4
+    # kept: even prompts (equal accuracy, different format); every odd prompt (combined reward 1) dropped
+    assert all(s["idx"] % 2 == 0 and _flat(s["parts"]["accuracy"]) and not s["zero_spread"] for s in ro.kept)
+    assert all(s["zero_spread"] for s in ro.sampled if s not in ro.kept and s["pos"] < ro.kept[-1]["pos"])
+    assert any(s["idx"] % 2 == 1 and not _flat(s["parts"]["accuracy"]) for s in ro.sampled)
+
+
+def test_dynamic_sampling_metric_is_checked():
+    with pytest.raises(NanoseekError, match="dynamic_sampling_metric must be one of accuracy, reward; got 'acc'"):
+        toy_config(dynamic_sampling_metric="acc")
+    with pytest.raises(NanoseekError, match="needs an 'accuracy' reward"):
+        toy_config(dynamic_sampling=True)  # the toy reward is "even"
+    assert toy_config(dynamic_sampling=True, reward_weights={"even": 1.0, "accuracy": 0.0}).dynamic_sampling
 
 
 def test_overlong_filtering_and_soft_punishment():
@@ -178,10 +242,31 @@ def test_grad_accumulation_gives_the_same_update(loss_type):
     assert out[0][1]["grad_norm"] == pytest.approx(out[1][1]["grad_norm"], rel=1e-5)
 
 
-def test_mu_and_minibatches_use_old_logprobs():
+def test_mu_and_minibatches_use_old_logprobs(monkeypatch):
+    import nanoseek.rl.trainer as trainer_module
+
+    calls = []  # (logp, old_logp, advantages, mask) of every grpo_loss call of the step
+
+    def recording(logp, old, adv, mask, ref=None, **kw):
+        calls.append((logp.detach().clone(), old.clone(), adv.clone(), mask.clone()))
+        return grpo_loss(logp, old, adv, mask, ref, **kw)
+
+    monkeypatch.setattr(trainer_module, "grpo_loss", recording)
     tr = GRPOTrainer(qwen_policy(), ToyTask(), toy_config(mu=2, minibatches_per_step=2, lr=5e-2), seed=0)
     m, _ = tr.step(0)
-    assert m["ratio"] != 1.0 and m["clip_ratio/region"] >= 0.0  # later updates are off-policy
+    assert len(calls) == 4  # mu 2 x 2 minibatches, one micro-batch each
+    ratios = [torch.exp(lp - old) for lp, old, _, _ in calls]
+    # the first minibatch of the first pass runs before any optimizer step: ratio exactly 1; every later
+    # one runs after an update, against the rollout policy's log-probs
+    assert torch.equal(ratios[0][calls[0][3]], torch.ones(int(calls[0][3].sum())))
+    assert all((r[c[3]] - 1).abs().max() > 1e-3 for r, c in zip(ratios[1:], calls[1:]))
+    # the logged metrics are the token means over the four calls (eps 0.2, symmetric)
+    tok = sum(int(c[3].sum()) for c in calls)
+    region = sum(int((c[3] & (((r < 0.8) & (c[2][:, None] < 0)) | ((r > 1.2) & (c[2][:, None] > 0)))).sum())
+                 for r, c in zip(ratios, calls))
+    assert region > 0
+    assert m["clip_ratio/region"] == pytest.approx(region / tok, abs=1e-6)
+    assert m["ratio"] == pytest.approx(sum(float(r[c[3]].sum()) for r, c in zip(ratios, calls)) / tok, rel=1e-5)
 
 
 def test_learning_rate_schedules():
@@ -212,11 +297,49 @@ def test_health_alarms_fire_once_with_the_fix():
     assert restored.check({**base, "completion/truncated": 0.9}) == []
 
 
-def test_report_to_skips_cleanly_without_the_package(tmp_path, capsys):
+def test_report_to_skips_cleanly_without_the_package(tmp_path, capsys, monkeypatch):
     from nanoseek.rl.loggers import ExternalLoggers
 
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import raises ImportError
+    monkeypatch.setitem(sys.modules, "wandb", None)
     loggers = ExternalLoggers(["tensorboard", "wandb"], tmp_path)
     loggers.log({"step": 1, "reward/mean": 0.5, "alarms": ["x"]})
-    err = capsys.readouterr().err
-    if not loggers.backends:
-        assert "skipped" in err
+    assert loggers.backends == []
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(": import of")[0] for line in lines] == [
+        "[nanoseek] report_to 'tensorboard' skipped: ModuleNotFoundError",
+        "[nanoseek] report_to 'wandb' skipped: ModuleNotFoundError"]
+
+
+def test_report_to_sends_the_finite_numbers(tmp_path, monkeypatch):
+    from nanoseek.rl.loggers import ExternalLoggers
+
+    seen = []
+
+    class Writer:  # torch.utils.tensorboard.SummaryWriter's two calls
+        def __init__(self, log_dir):
+            seen.append(("tensorboard", log_dir))
+
+        def add_scalar(self, key, value, step):
+            seen.append(("tb", key, value, step))
+
+        def flush(self):
+            seen.append(("tb flush",))
+
+    class Run:
+        def log(self, metrics, step):
+            seen.append(("wandb", metrics, step))
+
+    def init(**kw):
+        seen.append(("wandb.init", kw["project"], kw["name"], kw["config"]))
+        return Run()
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=Writer))
+    monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(init=init))
+    monkeypatch.delenv("WANDB_PROJECT", raising=False)
+    loggers = ExternalLoggers(["tensorboard", "wandb"], tmp_path / "run1", config={"lr": 0.1})
+    loggers.log({"step": 3, "reward/mean": 0.5, "kl": 2, "alarms": ["x"], "done": True, "loss": float("nan")})
+    assert seen == [("tensorboard", str(tmp_path / "run1" / "tensorboard")),
+                    ("wandb.init", "nanoseek", "run1", {"lr": 0.1}),
+                    ("tb", "reward/mean", 0.5, 3), ("tb", "kl", 2.0, 3), ("tb flush",),
+                    ("wandb", {"reward/mean": 0.5, "kl": 2.0}, 3)]

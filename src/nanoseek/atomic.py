@@ -6,8 +6,9 @@ final step is a rename on one filesystem), is flushed and fsync'ed, and is then 
 with ``os.replace``, which is atomic on POSIX and Windows. The parent directory is fsync'ed
 afterwards so the rename itself survives a power cut.
 
-Temporary names start with ``.tmp-`` so that scanners (``RunDir.latest_checkpoint``) can ignore
-leftovers from a crash.
+Temporary names start with ``.tmp-`` and carry the writer's process id (``.tmp-<name>-<pid>`` for a
+directory, ``.tmp-<name>-<pid>.<random>`` for a file), so that scanners (``RunDir.latest_checkpoint``)
+ignore leftovers from a crash and ``clear_temporaries`` can remove those whose writer is gone.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -22,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 TMP_PREFIX = ".tmp-"
+# The writer's pid in a temporary name: ".tmp-<name>-<pid>", "-<pid>-old" or "-<pid>.<random>".
+_TMP_PID = re.compile(r"-(\d+)(?:-old|\.[A-Za-z0-9_]+)?$")
 
 
 def fsync_dir(path: str | os.PathLike) -> None:
@@ -60,7 +64,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{path.name}-", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{path.name}-{os.getpid()}.", dir=path.parent)
     try:
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual mode
         with os.fdopen(fd, "wb") as f:
@@ -148,3 +152,41 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
     fsync_dir(final.parent)
     if old is not None:
         remove_path(old)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists (conservatively True when it cannot be told)."""
+    if os.name == "nt":  # os.kill(pid, 0) would terminate the process there
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: it exists but belongs to someone else
+        pass
+    return True
+
+
+def clear_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Clean up after writers that crashed in ``folder``: of the ``.tmp-*`` entries directly in it
+    whose pid (see the module docstring) is neither this process nor a live one, or whose name
+    carries no pid (written before names had one), a previous version set aside by ``atomic_dir``
+    (``.tmp-<name>-<pid>-old``) goes back to ``<name>`` when the crash came between its two renames
+    (``<name>`` missing); everything else is removed. Returns what was removed."""
+    removed = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for p in sorted(folder.glob(f"{TMP_PREFIX}*")):
+        m = _TMP_PID.search(p.name)
+        pid = int(m.group(1)) if m else None
+        if pid is not None and (pid == os.getpid() or pid_alive(pid)):
+            continue
+        final = folder / p.name[len(TMP_PREFIX):m.start()] if m and p.name.endswith("-old") else None
+        if final is not None and not (final.exists() or final.is_symlink()):
+            os.replace(p, final)  # the complete previous version: the new one never made it
+            fsync_dir(folder)
+        else:
+            remove_path(p)
+            removed.append(p)
+    return removed

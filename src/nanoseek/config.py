@@ -6,11 +6,15 @@ code that reads it (``rl.config.GRPOConfig``, ``train.pretrain.PretrainConfig``,
 ``evaluation.evaluate.EvalConfig``, ``recipes.config.ZeroConfig``, ...); this module only turns
 dicts into them. Every key must be a field of its dataclass: an unknown key is an error that names
 it, never silently ignored, and a value of the wrong type names the key, the type and the value.
+Every numeric field has a range (:func:`check_ranges`, called from each dataclass's
+``__post_init__``), so a negative step count or learning rate is one line before anything loads.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import tomllib
 import typing
 from pathlib import Path
@@ -19,6 +23,57 @@ from typing import Any
 from nanoseek.errors import NanoseekError
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+class RangeError(NanoseekError):
+    """A config value outside its range. ``key`` is the field name without its section, so that
+    :func:`build` can name the section the value came from (``reasoning_rl.lr``, not ``grpo.lr``)."""
+
+    def __init__(self, section: str, key: str, rule: str, value):
+        self.key, self.rule, self.value = key, rule, value
+        super().__init__(f"{section}.{key} must be {rule}, got {value!r}")
+
+
+_BOUND = re.compile(r"^(>=|>|<=|<)\s*(\S+)$")
+_INTERVAL = re.compile(r"^([\[(])\s*(\S+)\s*,\s*(\S+)\s*([\])])$")
+
+
+def range_problem(value, rule: str) -> str | None:
+    """None when the number ``value`` satisfies ``rule``, else the rule as a phrase for an error.
+
+    A rule is a bound (``">= 1"``, ``"> 0"``) or an interval (``"[0, 1]"``, ``"(0, 1]"``,
+    ``"[0, 65535]"``). NaN and infinities never satisfy a rule (no config value needs them).
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return f"a finite number {rule}" if _BOUND.match(rule) else f"a finite number in {rule}"
+    if m := _BOUND.match(rule):
+        op, b = m.group(1), float(m.group(2))
+        ok = {">=": value >= b, ">": value > b, "<=": value <= b, "<": value < b}[op]
+        return None if ok else rule
+    m = _INTERVAL.match(rule)
+    if not m:
+        raise ValueError(f"not a range rule: {rule!r}")
+    lo, hi = float(m.group(2)), float(m.group(3))
+    ok = (value >= lo if m.group(1) == "[" else value > lo) and (value <= hi if m.group(4) == "]" else value < hi)
+    return None if ok else f"in {rule}"
+
+
+def check_value(name: str, value, rule: str) -> None:
+    """Raise ``NanoseekError`` ("``name`` must be ..., got ...") unless ``value`` satisfies ``rule``
+    (:func:`range_problem`): for values that are not dataclass fields (task options, flags)."""
+    if (problem := range_problem(value, rule)) is not None:
+        raise NanoseekError(f"{name} must be {problem}, got {value!r}")
+
+
+def check_ranges(cfg, section: str, rules: dict[str, str]) -> None:
+    """Raise :class:`RangeError` for the first field of ``cfg`` (a config dataclass, from its
+    ``__post_init__``) outside its rule (:func:`range_problem`); a ``None`` value is left alone
+    (an optional field that is unset). ``section`` names the table for a dataclass built directly;
+    :func:`build` renames it to the table the value came from."""
+    for key, rule in rules.items():
+        value = getattr(cfg, key)
+        if value is not None and (problem := range_problem(value, rule)) is not None:
+            raise RangeError(section, key, problem, value)
 
 
 def _dataclass_of(tp):
@@ -38,7 +93,7 @@ def build(cls, data: dict | None, where: str = "recipe"):
     table leaves unset before construction (``GRPOConfig`` applies its ``preset`` this way).
     Raises ``NanoseekError`` for a key that is not a field (naming it and the known keys), a
     section that is not a table, or a value of the wrong type (:func:`check_type`) or out of range
-    (the dataclass's own ``__post_init__`` checks).
+    (the dataclass's own ``__post_init__`` checks; a :class:`RangeError` is named by ``where``).
     """
     data = {} if data is None else data
     if not isinstance(data, dict):
@@ -57,6 +112,8 @@ def build(cls, data: dict | None, where: str = "recipe"):
         kwargs = fill(kwargs)
     try:
         return cls(**kwargs)
+    except RangeError as e:  # name the table this value came from
+        raise NanoseekError(f"config key {where}.{e.key} must be {e.rule}, got {e.value!r}") from None
     except TypeError as e:  # wrong value types surface here
         raise NanoseekError(f"bad config section [{where}]: {e}") from None
 

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from nanoseek.errors import NanoseekError
+
 EOS = "<|end|>"
 PAD = "<|pad|>"
 BOS = "<|begin|>"
@@ -79,10 +81,16 @@ def build_tokenizer():
 
 
 def load_tokenizer(path: str | Path):
-    """Load the tokenizer of a checkpoint or Hugging Face folder (``AutoTokenizer``), left padding."""
+    """Load the tokenizer of a checkpoint or Hugging Face folder (``AutoTokenizer``), left padding.
+    A damaged tokenizer file is a one-line ``NanoseekError`` naming the folder."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(path))
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path))
+    except Exception as e:  # the tokenizers library raises a bare Exception for a malformed tokenizer.json
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise NanoseekError(f"cannot load the tokenizer in {path} (tokenizer.json, tokenizer_config.json): "
+                            f"{type(e).__name__}: {first}") from None
     tok.padding_side = "left"
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token

@@ -3,7 +3,9 @@
 It runs the same engine as ``nanoseek serve`` in-process (no HTTP), so the text is split into
 reasoning and answer exactly as the API splits it. Earlier answers (never earlier reasoning) are
 kept as context, as the DeepSeek API does. Commands: ``/new`` starts over, ``/think`` shows or hides
-the reasoning, ``/exit`` (or Ctrl-D) quits; Ctrl-C stops the current reply.
+the reasoning, ``/help`` lists the commands, ``/exit`` (or Ctrl-D) quits; Ctrl-C stops the current
+reply. A line starting with ``/`` is a command and never goes to the model (an unknown one gets a
+hint); ``//text`` sends ``/text``.
 Sampling defaults follow the DeepSeek-R1 README usage recommendations (temperature 0.6, top-p 0.95).
 """
 
@@ -13,22 +15,36 @@ import argparse
 import asyncio
 import sys
 
+from nanoseek.cli.args import ranged
 from nanoseek.cli.serve import ANSWER_TAGS, add_model_arguments
-from nanoseek.errors import NanoseekError
 from nanoseek.serve.chat_model import ChatModel
 from nanoseek.serve.engine import GenerationRequest
 from nanoseek.serve.reasoning import collect
 
 DIM, RESET, BOLD = "\033[2m", "\033[0m", "\033[1m"
+COMMANDS = {"/new": "start a new conversation", "/think": "show or hide the reasoning", "/help": "this list",
+            "/exit": "quit (also /quit or Ctrl-D)"}
+HELP = ("\n".join(f"  {c:7} {what}" for c, what in COMMANDS.items())
+        + "\n  Ctrl-C stops a reply; //text sends a message that starts with /text")
+
+
+def slash_command(line: str) -> str | None:
+    """The command a typed line asks for (``"/new"``, ``"/exit"``, ...; ``"/quit"`` is ``"/exit"``;
+    any other ``/word`` comes back as typed, for an "unknown command" hint), or None when the line
+    is a message for the model (``//text`` is the message ``/text``)."""
+    if not line.startswith("/") or line.startswith("//"):
+        return None
+    word = line.split()[0]
+    return "/exit" if word == "/quit" else word
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="run directory, checkpoint folder or Hugging Face folder")
     p.add_argument("--system", help="system message put before the conversation")
-    p.add_argument("--max-tokens", type=int, help="most tokens per reply, reasoning included (default: the context left)")
-    p.add_argument("--temperature", type=float, default=0.6, help="sampling temperature (default 0.6, R1 README)")
-    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling (default 0.95, R1 README)")
-    p.add_argument("--seed", type=int, help="seed of the first reply (later replies use seed + turn)")
+    p.add_argument("--max-tokens", type=ranged(int, ">= 1"), help="most tokens per reply, reasoning included (default: the context left)")
+    p.add_argument("--temperature", type=ranged(float, ">= 0"), default=0.6, help="sampling temperature (default 0.6, R1 README)")
+    p.add_argument("--top-p", type=ranged(float, "(0, 1]"), default=0.95, help="nucleus sampling (default 0.95, R1 README)")
+    p.add_argument("--seed", type=ranged(int, ">= 0"), help="seed of the first reply (later replies use seed + turn)")
     p.add_argument("--hide-thinking", action="store_true", help="do not print the reasoning")
     p.add_argument("--no-color", action="store_true", help="plain text (no ANSI dimming)")
     add_model_arguments(p)
@@ -69,14 +85,13 @@ async def _reply(engine, req, show_thinking: bool, color: bool, out=None) -> tup
 
 
 def run(args) -> int:
-    if not 0 < args.top_p <= 1 or args.temperature < 0:
-        raise NanoseekError("--temperature must be >= 0 and --top-p in (0, 1]")
     cm = ChatModel.load(args.model, device=args.device, answer_tags=ANSWER_TAGS[args.answer_tags])
     engine = cm.engine(max_batch=1).start()
     color = not args.no_color and sys.stdout.isatty()
     show = not args.hide_thinking
     history: list[dict] = [{"role": "system", "content": args.system}] if args.system else []
-    print(f"nanoseek chat with {cm.name} (context {cm.context_length} tokens). /new, /think, /exit; Ctrl-C stops a reply.")
+    print(f"nanoseek chat with {cm.name} (context {cm.context_length} tokens). /help lists the commands; "
+          "Ctrl-C stops a reply.")
     turn = 0
     try:
         while True:
@@ -88,16 +103,22 @@ def run(args) -> int:
             text = line.strip()
             if not text:
                 continue
-            if text in ("/exit", "/quit"):
+            cmd = slash_command(text)
+            if cmd == "/exit":
                 return 0
-            if text == "/new":
+            if cmd == "/new":
                 history = history[:1] if args.system else []
                 print("(new conversation)")
-                continue
-            if text == "/think":
+            elif cmd == "/think":
                 show = not show
                 print(f"(reasoning {'shown' if show else 'hidden'})")
+            elif cmd == "/help":
+                print(HELP)
+            elif cmd is not None:
+                print(f"(unknown command {cmd}: /help lists the commands; //text sends /text to the model)")
+            if cmd is not None:
                 continue
+            text = text[1:] if text.startswith("//") else text
             msgs = history + [{"role": "user", "content": text}]
             ids = cm.encode(msgs)
             room = cm.context_length - len(ids)

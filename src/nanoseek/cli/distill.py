@@ -19,8 +19,9 @@ from pathlib import Path
 
 from nanoseek.config import apply_overrides
 from nanoseek.errors import NanoseekError
+from nanoseek.model import hub
 from nanoseek.model.load import resolve_model_dir
-from nanoseek.recipes.config import resume_or_recipe_dict
+from nanoseek.recipes.config import resume_or_recipe_dict, run_out
 from nanoseek.recipes.distill import build_distill_config, run_distill
 
 
@@ -42,7 +43,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def student_spec(arg: str) -> dict:
     """The fields of a ``.json`` config for a fresh nanoseek model, else ``{"path": arg}`` (a model
-    folder, run directory or short name, checked by ``resolve_model_dir``)."""
+    folder or run directory, checked by ``resolve_model_dir``, or a short name, converted only when
+    loaded: after the whole config has been checked)."""
     p = Path(arg)
     if p.suffix == ".json":
         if not p.is_file():
@@ -52,12 +54,14 @@ def student_spec(arg: str) -> dict:
         except json.JSONDecodeError as e:
             raise NanoseekError(f"--student {arg}: not valid JSON ({e})") from None
         return {k: v for k, v in fields.items() if k not in ("architectures", "model_type", "transformers_version")}
-    resolve_model_dir(arg)  # fail early with a one-line error
+    if not (hub.is_short_name(arg) and not p.exists()):
+        resolve_model_dir(arg)  # fail early with a one-line error
     return {"path": arg}
 
 
 def run(args) -> int:
     """Run ``nanoseek distill`` with the parsed arguments."""
+    out = run_out(args.resume, args.out)
     data = resume_or_recipe_dict(args.resume, args.config)
     apply_overrides(data, list(args.set))
     if args.teacher:
@@ -75,6 +79,6 @@ def run(args) -> int:
     cfg = build_distill_config(data)
     if not cfg.teacher_endpoint:
         resolve_model_dir(cfg.teacher)  # fail early, before a run directory is made
-    run_distill(cfg, out=args.resume or args.out or cfg.run.out, resume=bool(args.resume),
+    run_distill(cfg, out=out or cfg.run.out, resume=bool(args.resume),
                 command=getattr(args, "_argv", "nanoseek distill"))
     return 0

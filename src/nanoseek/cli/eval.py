@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from nanoseek.config import parse_value
+from nanoseek.errors import NanoseekError
 from nanoseek.evaluation.report import main_table
 from nanoseek.evaluation.run import EvalSettings, default_out, run_evaluation
 
@@ -28,6 +30,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", action="append", default=[], metavar="TASK",
                    help="task name (gsm8k, math500, math, countdown, chain) or a .jsonl file; repeat or comma-separate "
                         "for several (default for a run directory: the run's task)")
+    p.add_argument("--task-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="an option of the task, e.g. test_seed=7 for freshly generated problems (repeatable; the "
+                        "value is read as TOML, else as a string; over a run's recorded task options)")
     p.add_argument("--data-dir", help="data root holding gsm8k/, math500/, ... (default: $NANOSEEK_DATA_DIR or ./data)")
     p.add_argument("--limit", type=int, help="first N problems of each task's test split (default: all)")
     p.add_argument("--samples", type=int, default=4, help="samples per problem, k (default: 4; DeepSeek-R1 used 4-64)")
@@ -43,6 +48,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "checkpoints), 'none', or a text appended to every question")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per request to --endpoint (default: 600)")
     p.add_argument("--retries", type=int, default=6, help="retries per request on 429/5xx/connection errors (default: 6)")
+    p.add_argument("--threads", type=int, help="torch threads for a local model (default: the run's run.threads, "
+                                               "else torch's default; 0: torch's default)")
     p.add_argument("--out", help="output directory (default: evals/eval-<model>-<time>); rerun with it to continue")
 
 
@@ -52,7 +59,20 @@ def settings_from_args(args) -> EvalSettings:
     return EvalSettings(model=args.model, endpoint=args.endpoint, tasks=tasks, limit=args.limit, samples=args.samples,
                         temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens,
                         concurrency=args.concurrency, seed=args.seed, out=args.out, instruction=args.instruction,
-                        api_key=args.api_key, data_dir=args.data_dir, timeout=args.timeout, retries=args.retries)
+                        api_key=args.api_key, data_dir=args.data_dir, timeout=args.timeout, retries=args.retries,
+                        threads=args.threads, task_options=task_options(args.task_option))
+
+
+def task_options(items: list[str]) -> dict:
+    """``--task-option KEY=VALUE`` flags as a dict (values parsed as TOML, else kept as strings).
+    Raises ``NanoseekError`` for an item without ``=``."""
+    out = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise NanoseekError(f"--task-option {item!r} must look like KEY=VALUE (e.g. test_seed=7)")
+        out[key.strip()] = parse_value(value.strip())
+    return out
 
 
 def run(args) -> int:

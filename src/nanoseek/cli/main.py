@@ -1,9 +1,10 @@
 """The ``nanoseek`` command.
 
 Subcommands: ``zero`` (the R1-Zero recipe; runs with no arguments on a laptop CPU) and the others
-registered in ``COMMANDS``. Every user error (unknown task, missing data file, unknown config key,
-a path that is not a model, a non-empty run directory) is printed as one line naming the problem,
-with exit status 2 and no traceback.
+registered in ``COMMANDS``. Every user error (a flag or config value out of range, unknown task,
+missing data file, unknown config key, a path that is not a model, a non-empty run directory) is
+printed as one line naming the problem, with exit status 2 and no traceback, before any model is
+loaded.
 """
 
 from __future__ import annotations
@@ -30,9 +31,25 @@ COMMANDS = {
 }
 
 
+class UsageError(NanoseekError):
+    """A command line argparse refuses (unknown flag, a value of the wrong type or out of range)."""
+
+    def __init__(self, prog: str, message: str):
+        self.prog = prog
+        super().__init__(f"{message} (see {prog} --help)")
+
+
+class Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line (``UsageError``, exit 2 from ``main``) instead
+    of the usage text and ``SystemExit``; subparsers are of this class too."""
+
+    def error(self, message: str):
+        raise UsageError(self.prog, message)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``nanoseek`` parser with one subparser per entry of ``COMMANDS``."""
-    p = argparse.ArgumentParser(prog="nanoseek", description="nanoseek: a small, complete DeepSeek-R1 system.")
+    p = Parser(prog="nanoseek", description="nanoseek: a small, complete DeepSeek-R1 system.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         sp = sub.add_parser(name, help=help_text, description=help_text)
@@ -46,7 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     ``NanoseekError``, printed as one line; 130 when interrupted)."""
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as e:
+        print(f"{e.prog}: error: {e}", file=sys.stderr)
+        return 2
     if not getattr(args, "command", None):
         parser.print_help()
         return 2

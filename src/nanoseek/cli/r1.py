@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 
 from nanoseek.config import apply_overrides
-from nanoseek.recipes.config import resume_or_recipe_dict
+from nanoseek.recipes.config import resume_or_recipe_dict, run_out
 from nanoseek.recipes.r1 import STAGES, build_r1_config, run_r1
 
 
@@ -31,12 +31,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     """Run ``nanoseek r1`` with the parsed arguments."""
+    out = run_out(args.resume, args.out)
     data = resume_or_recipe_dict(args.resume, args.config)
     overrides = list(args.set) + ([f"run.seed={args.seed}"] if args.seed is not None else [])
     apply_overrides(data, overrides)
     if args.model:
         data["model"] = {"path": args.model}
     cfg = build_r1_config(data)
-    run_r1(cfg, out=args.resume or args.out or cfg.run.out, resume=bool(args.resume), from_stage=args.from_stage, until=args.until,
+    run_r1(cfg, out=out or cfg.run.out, resume=bool(args.resume), from_stage=args.from_stage, until=args.until,
            command=getattr(args, "_argv", "nanoseek r1"))
     return 0

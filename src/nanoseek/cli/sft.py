@@ -18,6 +18,7 @@ from pathlib import Path
 from nanoseek.config import apply_overrides, load
 from nanoseek.errors import NanoseekError
 from nanoseek.model.load import resolve_model_dir
+from nanoseek.recipes.config import run_out
 from nanoseek.recipes.sft import SFTRecipe, build_sft_recipe, run_sft
 from nanoseek.runs.rundir import RunDir
 
@@ -65,8 +66,9 @@ def recipe_from_args(args) -> SFTRecipe:
 
 def run(args) -> int:
     """Run ``nanoseek sft`` with the parsed arguments."""
+    out = run_out(args.resume, args.out)
     recipe = recipe_from_args(args)
     if recipe.model.path:
         resolve_model_dir(recipe.model.path)  # fail early, before a run directory is made
-    run_sft(recipe, out=args.resume or args.out, resume=bool(args.resume), command=getattr(args, "_argv", "nanoseek sft"))
+    run_sft(recipe, out=out, resume=bool(args.resume), command=getattr(args, "_argv", "nanoseek sft"))
     return 0

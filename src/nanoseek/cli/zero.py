@@ -10,7 +10,7 @@ import argparse
 
 from nanoseek.config import apply_overrides
 from nanoseek.model.load import resolve_model_dir
-from nanoseek.recipes.config import build_zero_config, resume_or_recipe_dict
+from nanoseek.recipes.config import build_zero_config, resume_or_recipe_dict, run_out
 from nanoseek.recipes.zero import run_zero
 
 
@@ -29,8 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def resolve_config(args) -> tuple[dict, str | None, bool]:
     """The config dict for these arguments, the output directory and whether this is a resume."""
+    out, resume = run_out(args.resume, args.out), bool(args.resume)
     data = resume_or_recipe_dict(args.resume, args.config)
-    out, resume = (str(args.resume), True) if args.resume else (args.out, False)
     overrides = list(args.set)
     if args.task and args.task != data.get("task", {}).get("name"):
         # another task: the recipe's task options (e.g. chain's min_terms) do not carry over

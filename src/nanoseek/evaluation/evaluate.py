@@ -24,6 +24,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 
+from nanoseek.config import check_ranges
+from nanoseek.evaluation import behaviour
 from nanoseek.evaluation import metrics as eval_metrics
 from nanoseek.policy.generate import SamplingParams
 from nanoseek.rewards import grading
@@ -36,7 +38,8 @@ STYLES = ("r1_zero", "r1")
 @dataclass
 class EvalConfig:
     """Held-out evaluation: pass@1 averaged over ``samples`` per problem (DeepSeek-R1 sec. 3:
-    temperature 0.6, top-p 0.95)."""
+    temperature 0.6, top-p 0.95). ``limit``: the first that many test problems (0: all of them;
+    no evaluation at all in ``nanoseek sft``)."""
 
     limit: int = 200
     samples: int = 4
@@ -45,6 +48,10 @@ class EvalConfig:
     max_new_tokens: int = 64
     batch_size: int = 256
     seed: int = 1234
+
+    def __post_init__(self):
+        check_ranges(self, "eval", {"limit": ">= 0", "samples": ">= 1", "temperature": ">= 0", "top_p": "(0, 1]",
+                                    "max_new_tokens": ">= 1", "batch_size": ">= 1", "seed": ">= 0"})
 
 
 def completion_seed(seed: int, problem: int, sample: int) -> int:
@@ -181,8 +188,10 @@ def evaluate_policy(policy, task, examples, *, samples: int = 4, temperature: fl
 
     Returns ``(metrics, results)`` where metrics holds ``pass@1`` (mean correctness over all
     samples of all problems), ``well_formed``, ``thinking``, ``mean_length`` (tokens),
-    ``truncated`` and ``n`` (problems), plus the keys ``summarize`` adds; results holds one
-    ``GradedSample`` per sample.
+    ``truncated`` and ``n`` (problems), plus the keys ``summarize`` adds (cons@k voting with the
+    task's own answer equivalence when it has one) and those ``behaviour.behaviour_metrics`` adds
+    (``reflection``, ``mixed_notation``, ``by_level``, for tasks with detectors or levels); results
+    holds one ``GradedSample`` per sample.
     """
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
@@ -193,17 +202,20 @@ def evaluate_policy(policy, task, examples, *, samples: int = 4, temperature: fl
         results.extend(batch)
         if progress is not None:
             progress.update(len(batch))
-    return summarize(results, len(examples)), results
+    m = summarize(results, len(examples), equivalent=behaviour.answer_equivalence(task))
+    m.update(behaviour.behaviour_metrics(task, examples, results))  # reflection, mixed notation, by_level
+    return m, results
 
 
-def summarize(results: list[GradedSample], n_problems: int, *, cons: bool = True) -> dict:
+def summarize(results: list[GradedSample], n_problems: int, *, cons: bool = True, equivalent=None) -> dict:
     """Aggregate metrics of graded samples (see ``evaluate_policy``).
 
     Keys: ``pass@1`` (mean over all samples), ``pass@1_stderr`` (across problems), ``pass@k``
     ({"1": …, …, "k": …}, unbiased, every k up to the samples per problem), ``cons@k`` (the real k
     in the key; left out with ``cons=False``), ``well_formed``, ``thinking``, ``mean_length``
     (tokens; failed requests and unknown lengths left out), ``truncated``, ``failed`` (requests that never got an
-    answer: counted as wrong), ``n`` (problems), ``samples`` (per problem).
+    answer: counted as wrong), ``n`` (problems), ``samples`` (per problem). ``equivalent(a, b)``:
+    the answer equivalence of the cons@k vote (default: ``metrics.default_equivalent``).
     """
     m = max(1, len(results))
     ok = [r for r in results if r.error is None]
@@ -220,7 +232,8 @@ def summarize(results: list[GradedSample], n_problems: int, *, cons: bool = True
         "pass@k": eval_metrics.pass_at_k_curve([[r.correct for r in g] for g in groups]),
     }
     if cons and k >= 1:
-        votes = [eval_metrics.cons_at_k([r.extracted for r in g], [r.correct for r in g]) for g in groups]
+        vote = {"equivalent": equivalent} if equivalent is not None else {}  # the task's own, else the grader
+        votes = [eval_metrics.cons_at_k([r.extracted for r in g], [r.correct for r in g], **vote) for g in groups]
         out[f"cons@{k}"] = sum(votes) / max(1, len(votes))
     out.update({
         "well_formed": sum(r.well_formed for r in results) / m,
@@ -240,7 +253,8 @@ def results_as_dicts(results: list[GradedSample]) -> list[dict]:
 
 
 def eval_metrics_record(m: dict) -> dict:
-    """The ``metrics.jsonl`` fields of one held-out evaluation (``m`` from ``summarize``):
-    ``eval/pass@1``, ``eval/well_formed``, ``eval/thinking`` and ``eval/mean_length``."""
+    """The ``metrics.jsonl`` fields of one held-out evaluation (``m`` from ``evaluate_policy``):
+    ``eval/pass@1``, ``eval/well_formed``, ``eval/thinking`` and ``eval/mean_length``, plus
+    ``eval/cons@k`` and what ``behaviour.metrics_record`` adds (reflection, mixed notation, per level)."""
     return {"eval/pass@1": m["pass@1"], "eval/well_formed": m["well_formed"], "eval/thinking": m["thinking"],
-            "eval/mean_length": m["mean_length"]}
+            "eval/mean_length": m["mean_length"], **behaviour.metrics_record(m)}

@@ -26,19 +26,23 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from nanoseek.config import range_problem
 from nanoseek.errors import NanoseekError
+from nanoseek.evaluation import behaviour
 from nanoseek.evaluation.endpoint import ChatRequest, EndpointConfig, run_requests
 from nanoseek.evaluation.evaluate import (GradedSample, completion_seed, generate_results, grade_completions,
                                           split_think_block, summarize)
 from nanoseek.evaluation.metrics import breakdown, cross_table
 from nanoseek.evaluation.store import EvalDir, record_of, result_of
-from nanoseek.model.load import load_model, resolve_model_dir
-from nanoseek.policy.policy import Policy
+from nanoseek.model.load import resolve_model_dir
+from nanoseek.policy.generate import torch_threads
+from nanoseek.policy.policy import load_policy
 from nanoseek.progress import Progress
+from nanoseek.rewards import grading
 from nanoseek.runs.rundir import RunDir, default_path
 from nanoseek.tasks import get_task
 from nanoseek.tasks.base import R1_MATH_INSTRUCTION
-from nanoseek.tokenizer import R1_ZERO_CHAT_TEMPLATE, load_tokenizer
+from nanoseek.tokenizer import ANSWER_CLOSE, ANSWER_OPEN, R1_ZERO_CHAT_TEMPLATE, THINK_CLOSE, THINK_OPEN
 
 MATH_ANSWER_TYPES = ("math", "number")
 
@@ -63,20 +67,20 @@ class EvalSettings:
     data_dir: str | None = None
     timeout: float = 600.0
     retries: int = 6
+    threads: int | None = None  # torch threads of a local model; None: the run's run.threads, 0: torch's default
+    task_options: dict = field(default_factory=dict)  # --task-option KEY=VALUE: over the run's recorded options
 
     def __post_init__(self):
         if not self.model:
             raise NanoseekError("give --model (a local model), or --endpoint URL with --model NAME (the remote model)")
-        if self.samples < 1:
-            raise NanoseekError(f"--samples must be >= 1, got {self.samples}")
-        if self.limit is not None and self.limit < 1:
-            raise NanoseekError(f"--limit must be >= 1, got {self.limit}")
-        if self.max_tokens < 1:
-            raise NanoseekError(f"--max-tokens must be >= 1, got {self.max_tokens}")
-        if not 0.0 <= self.temperature or not 0.0 < self.top_p <= 1.0:
-            raise NanoseekError(f"need temperature >= 0 and 0 < top-p <= 1, got {self.temperature}, {self.top_p}")
-        if self.concurrency is not None and self.concurrency < 1:
-            raise NanoseekError(f"--concurrency must be >= 1, got {self.concurrency}")
+        for key, rule in _SETTING_RANGES.items():  # named by their flags: settings come from nanoseek eval's
+            value = getattr(self, key)
+            if value is not None and (problem := range_problem(value, rule)) is not None:
+                raise NanoseekError(f"--{key.replace('_', '-')} must be {problem}, got {value!r}")
+
+
+_SETTING_RANGES = {"samples": ">= 1", "limit": ">= 1", "max_tokens": ">= 1", "temperature": ">= 0", "top_p": "(0, 1]",
+                   "concurrency": ">= 1", "seed": ">= 0", "timeout": "> 0", "retries": ">= 0", "threads": ">= 0"}
 
 
 def user_message(question: str, task, style: str, instruction: str = "auto") -> str:
@@ -107,29 +111,32 @@ def template_style(tokenizer, system_prompt: str | None = None) -> str:
 
 
 class LocalSampler:
-    """Samples a local ``Policy`` in batches of ``batch_size`` (``evaluate.generate_results``)."""
+    """Samples a local ``Policy`` in batches of ``batch_size`` (``evaluate.generate_results``) with
+    ``threads`` torch threads (0: whatever torch uses; the count is restored afterwards)."""
 
     kind = "local"
 
-    def __init__(self, policy, batch_size: int = 256, identity: dict | None = None):
+    def __init__(self, policy, batch_size: int = 256, identity: dict | None = None, threads: int = 0):
         self.policy = policy
         self.batch_size = batch_size
+        self.threads = threads
         self.identity = {"kind": "local", **(identity or {})}
         self.style = template_style(policy.tokenizer, policy.system_prompt)
         self.system_prompt = policy.system_prompt
 
     def sample(self, task, examples, questions, rows, settings: EvalSettings, on_batch) -> None:
         """Sample and grade ``rows`` ((problem, sample) pairs), calling ``on_batch`` per batch."""
-        for batch in generate_results(self.policy, task, examples, rows, questions=questions,
-                                      temperature=settings.temperature, top_p=settings.top_p,
-                                      max_new_tokens=settings.max_tokens, seed=settings.seed,
-                                      batch_size=self.batch_size, style=self.style):
-            on_batch(batch)
+        with torch_threads(self.threads or None):
+            for batch in generate_results(self.policy, task, examples, rows, questions=questions,
+                                          temperature=settings.temperature, top_p=settings.top_p,
+                                          max_new_tokens=settings.max_tokens, seed=settings.seed,
+                                          batch_size=self.batch_size, style=self.style):
+                on_batch(batch)
 
 
 class EndpointSampler:
     """Samples an OpenAI-compatible endpoint (``nanoseek.evaluation.endpoint``): one request per sample,
-    no system prompt, the answer read from ``content``, ``reasoning_content`` kept."""
+    no system prompt, the answer read from ``content`` (``endpoint_completion``), ``reasoning_content`` kept."""
 
     kind = "endpoint"
     style = "r1"
@@ -157,16 +164,31 @@ class EndpointSampler:
         if reply.error is not None:
             return GradedSample(i, j, example.id, question, example.answer, "", None, False, False, False, 0,
                                 "error", None, reply.error)
-        text = reply.content
-        if reply.reasoning is not None:
-            # the server split the think block off; with no content at all it never closed (cut off
-            # while thinking), which must grade like the same local completion: no answer, no thinking
-            closed = "</think>" if reply.content.strip() else ""
-            text = f"<think>{reply.reasoning}{closed}{reply.content}"
+        text = endpoint_completion(reply.content, reply.reasoning)
         g = grade_completions(task, [example], [text], False, self.style)[0]
         reasoning = reply.reasoning if reply.reasoning is not None else split_think_block(text, False)[0]
         return GradedSample(i, j, example.id, question, example.answer, text, g["extracted"], g["correct"],
                             g["well_formed"], g["thinking"], length, reply.finish_reason, reasoning)
+
+
+def endpoint_completion(content: str, reasoning: str | None) -> str:
+    """The completion text an endpoint's reply is graded as.
+
+    An endpoint that separates the reasoning (``reasoning_content`` present, as DeepSeek's API and
+    ``nanoseek serve`` do) returns the answer *as* ``content``: the think block is gone and, for an
+    R1-Zero model, so are the ``<answer>`` tags (``"72"``). Such a content is the answer: it is put
+    back in answer tags, unless it marks its answer itself (``\\boxed{}``, ``####``, "final answer:",
+    answer tags), in which case that mark decides, as it would locally. No content means the think
+    block never closed (cut off while thinking): no answer, as for the same local completion. An
+    endpoint that does not separate the reasoning returns the whole completion in ``content``.
+    """
+    if reasoning is None:
+        return content
+    if not content.strip():
+        return f"{THINK_OPEN}{reasoning}"
+    if grading.extract_answer(content) is None:
+        content = f"{ANSWER_OPEN}{content}{ANSWER_CLOSE}"
+    return f"{THINK_OPEN}{reasoning}{THINK_CLOSE}{content}"
 
 
 def recorded_run_config(model_arg: str, folder: Path) -> dict:
@@ -190,14 +212,17 @@ def model_run_config(settings: EvalSettings) -> dict:
     return recorded_run_config(settings.model, Path(resolve_model_dir(settings.model)))
 
 
-def local_sampler(model_arg: str, batch_size: int, run_cfg: dict) -> LocalSampler:
+def local_sampler(model_arg: str, batch_size: int, run_cfg: dict, threads: int | None = None) -> LocalSampler:
     """Load ``--model`` (run directory, checkpoint, Hugging Face folder or short name) as a
-    ``LocalSampler`` with the system prompt its run recorded (none by default)."""
+    ``LocalSampler`` with the system prompt its run recorded (none by default) and ``threads``
+    torch threads (None: the run's ``run.threads``, as training used; 0 or no run: torch's default)."""
     folder = Path(resolve_model_dir(model_arg))
     system = (run_cfg.get("task") or {}).get("system_prompt")
-    policy = Policy(load_model(folder), load_tokenizer(folder), system)
+    policy = load_policy(folder, system)
     identity = {"checkpoint": str(folder.resolve())}  # not the --model text: runs/x and runs/x/ are one model
-    return LocalSampler(policy, batch_size, identity)
+    if threads is None:
+        threads = int((run_cfg.get("run") or {}).get("threads") or 0)
+    return LocalSampler(policy, batch_size, identity, threads)
 
 
 def sampler_from_settings(settings: EvalSettings, run_cfg: dict) -> LocalSampler | EndpointSampler:
@@ -208,7 +233,7 @@ def sampler_from_settings(settings: EvalSettings, run_cfg: dict) -> LocalSampler
                              concurrency=settings.concurrency or 16, timeout=settings.timeout,
                              max_retries=settings.retries)
         return EndpointSampler(cfg)
-    return local_sampler(settings.model, settings.concurrency or 256, run_cfg)
+    return local_sampler(settings.model, settings.concurrency or 256, run_cfg, settings.threads)
 
 
 def fingerprint(settings: EvalSettings, sampler) -> dict:
@@ -237,9 +262,10 @@ def _load_tasks(settings: EvalSettings, run_cfg: dict) -> list:
     tasks = []
     for name in names:
         if recorded.get("name") == name:  # the run's own task: same options and data as in training
-            task = get_task(name, data_dir=settings.data_dir or recorded.get("data_dir"), **(recorded.get("options") or {}))
+            task = get_task(name, data_dir=settings.data_dir or recorded.get("data_dir"),
+                            **{**(recorded.get("options") or {}), **settings.task_options})
         else:
-            task = get_task(name, data_dir=settings.data_dir)
+            task = get_task(name, data_dir=settings.data_dir, **settings.task_options)
         tasks.append(task)
     keys = [t.name for t in tasks]
     if len(set(keys)) != len(keys):
@@ -292,7 +318,7 @@ def run_evaluation(settings: EvalSettings, sampler=None, run_cfg: dict | None = 
         finally:
             bar.close()
         results = [have[(i, j)] for i in range(len(examples)) for j in range(settings.samples) if (i, j) in have]
-        all_metrics[task.name] = task_metrics(results, examples)
+        all_metrics[task.name] = task_metrics(results, examples, task)
         all_metrics[task.name]["wall_seconds"] = round(time.time() - t0, 1)
         store.write_results(all_metrics, settings_view(settings, sampler))
     for name, m in all_metrics.items():
@@ -303,10 +329,11 @@ def run_evaluation(settings: EvalSettings, sampler=None, run_cfg: dict | None = 
     return all_metrics
 
 
-def task_metrics(results: list[GradedSample], examples) -> dict:
+def task_metrics(results: list[GradedSample], examples, task=None) -> dict:
     """``summarize`` plus failures by kind and, when the examples carry them (MATH), pass@1 by
-    subject, by level, and by subject x level."""
-    m = summarize(results, len(examples))
+    subject, by level, and by subject x level; for a task with reflection or notation detectors
+    (search), what ``behaviour`` measures, also per level, as ``nanoseek zero`` reports it."""
+    m = summarize(results, len(examples), equivalent=behaviour.answer_equivalence(task))
     m["errors"] = dict(Counter(r.error.split(":", 1)[0] for r in results if r.error is not None))
     per_problem: dict[int, list[bool]] = {}
     for r in results:
@@ -321,13 +348,17 @@ def task_metrics(results: list[GradedSample], examples) -> dict:
         if cells:
             m["by_subject_level"] = {r: {c: {"pass@1": cells[(r, c)][0], "n": cells[(r, c)][1]}
                                          for c in cols if (r, c) in cells} for r in rows}
+    if behaviour.has_detectors(task):
+        m.update(behaviour.behaviour_metrics(task, examples, results))
     return m
 
 
 def settings_view(settings: EvalSettings, sampler) -> dict:
     """What results.md shows about how the numbers were made."""
-    view = {k: v for k, v in asdict(settings).items() if k not in ("api_key", "out", "data_dir")}
+    view = {k: v for k, v in asdict(settings).items() if k not in ("api_key", "out", "data_dir", "threads")}
     view["style"] = sampler.style
+    if sampler.kind == "local":
+        view["threads"] = sampler.threads or "torch default"
     view["model"] = settings.model
     return view
 

@@ -7,7 +7,8 @@ Layout::
     samples.jsonl   one line per finished sample, appended as it finishes: task, problem, sample,
                     id, prompt, reference, reasoning, answer, extracted, correct, ... (a failed
                     request is logged with its error and retried on a rerun)
-    results.json    {task: {"pass@1": …, "cons@k": …, "pass@k": {"1": …}, "n": …, …}}
+    results.json    {task: {"pass@1": …, "cons@k": …, "pass@k": {"1": …}, "n": …, …}}; with one task
+                    also that task's "pass@1" and "cons@k" (the real k) at the top level
     results.md      the same as tables a person can paste into a paper or README
 
 A rerun with the same settings reuses every finished sample (later lines win over earlier ones);
@@ -50,6 +51,15 @@ def result_of(rec: dict) -> GradedSample:
     return GradedSample(rec["problem"], rec["sample"], rec["id"], rec["prompt"], rec["reference"], rec["completion"],
                         rec["extracted"], rec["correct"], rec["well_formed"], rec["thinking"], rec["length"],
                         rec["finish_reason"], rec.get("reasoning"), rec.get("error"))
+
+
+def headline(metrics: dict[str, dict]) -> dict:
+    """The top-level numbers of results.json: the one task's ``pass@1`` and ``cons@k`` ({} for
+    several tasks, whose numbers are only under their names)."""
+    if len(metrics) != 1:
+        return {}
+    m = next(iter(metrics.values()))
+    return {k: v for k, v in m.items() if k == "pass@1" or k.startswith("cons@")}
 
 
 def _differences(old: dict, new: dict) -> list[str]:
@@ -129,5 +139,5 @@ class EvalDir:
     # -------------------------------------------------------------------------- results
     def write_results(self, metrics: dict[str, dict], view: dict) -> None:
         """Write results.json and results.md atomically."""
-        atomic_write_json(self.path / RESULTS_JSON, to_jsonable(metrics))
+        atomic_write_json(self.path / RESULTS_JSON, to_jsonable({**headline(metrics), **metrics}))
         atomic_write_text(self.path / RESULTS_MD, results_markdown(metrics, view))

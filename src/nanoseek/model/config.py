@@ -168,13 +168,6 @@ class ModelConfig:
         """Per-head query/key size d_h + d^R_h (192 in V3)."""
         return self.qk_nope_head_dim + self.qk_rope_head_dim
 
-    @property
-    def eos_token_ids(self) -> list[int]:
-        """``eos_token_id`` as a list (empty when None)."""
-        if self.eos_token_id is None:
-            return []
-        return [self.eos_token_id] if isinstance(self.eos_token_id, int) else list(self.eos_token_id)
-
     def is_moe_layer(self, layer_idx: int) -> bool:
         """Layers ``>= first_k_dense_replace`` use DeepSeekMoE; the first ones a dense FFN (V3 §4.2)."""
         return layer_idx >= self.first_k_dense_replace

@@ -32,7 +32,7 @@ import warnings
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from nanoseek.errors import NanoseekError
@@ -100,7 +100,9 @@ def newest_checkpoint(checkpoints: Path) -> Path | None:
 def _tensor_files(d: Path) -> list[Path]:
     index = d / "model.safetensors.index.json"
     if index.is_file():
-        weight_map = json.loads(index.read_text())["weight_map"]
+        weight_map = read_config_json(index).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise NanoseekError(f"{index} has no 'weight_map' table")
         files = [d / f for f in sorted(set(weight_map.values()))]
         missing = [str(f.name) for f in files if not f.is_file()]
         if missing:
@@ -122,10 +124,7 @@ def load_model(path: str | os.PathLike, dtype: torch.dtype | None = torch.float3
     transformers models). Raises ``NanoseekError`` naming the problem.
     """
     d = resolve_model_dir(path)
-    try:
-        raw = json.loads((d / "config.json").read_text())
-    except json.JSONDecodeError as e:
-        raise NanoseekError(f"{d / 'config.json'} is not valid JSON: {e}") from None
+    raw = read_config_json(d / "config.json")
     model_type = raw.get("model_type")
     if model_type != "deepseek_v3":
         return _load_transformers(d, model_type, dtype, device)
@@ -162,17 +161,34 @@ def load_state_into(model: nn.Module, path: str | os.PathLike) -> None:
         return
     if not isinstance(model, DeepseekV3ForCausalLM):
         raise NanoseekError(f"load_state_into: cannot load into a {type(model).__name__}")
-    raw = json.loads((d / "config.json").read_text())
+    raw = read_config_json(d / "config.json")
     block = tuple((raw.get("quantization_config") or {}).get("weight_block_size") or (128, 128))
     load_state(model, _read_tensors(d), block)
 
 
+def read_config_json(path: Path) -> dict:
+    """The JSON object in ``path`` (a model's ``config.json`` or weight index). Raises a one-line
+    ``NanoseekError`` naming the file when it cannot be read, is not JSON or not an object."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise NanoseekError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(raw, dict):
+        raise NanoseekError(f"{path} holds a {type(raw).__name__}, not a JSON object")
+    return raw
+
+
 def _read_tensors(d: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of the weight files in ``d``; a truncated or garbled file is a one-line
+    ``NanoseekError`` naming it (safetensors checks the header against the file's size)."""
     tensors: dict[str, torch.Tensor] = {}
     for f in _tensor_files(d):
-        with safe_open(str(f), framework="pt") as sf:
-            for k in sf.keys():
-                tensors[k] = sf.get_tensor(k)
+        try:
+            with safe_open(str(f), framework="pt") as sf:
+                for k in sf.keys():
+                    tensors[k] = sf.get_tensor(k)
+        except (SafetensorError, OSError) as e:
+            raise NanoseekError(f"cannot read {f}: {e} (a truncated or damaged weight file?)") from None
     return tensors
 
 

@@ -19,7 +19,6 @@ from pathlib import Path
 from nanoseek.errors import NanoseekError
 from nanoseek.model.hf import TransformersLM
 
-ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
@@ -56,18 +55,6 @@ def adapter_disabled(model):
     """Run ``model`` as its base (the GRPO reference) inside the block."""
     with model.hf.disable_adapter():
         yield model
-
-
-def adapter_state(model) -> dict:
-    """The adapter's tensors (peft names, without the adapter name)."""
-    from peft.utils import get_peft_model_state_dict
-
-    return get_peft_model_state_dict(model.hf)
-
-
-def save_adapter(model, folder: Path) -> None:
-    """Write the adapter (peft format) into ``folder``."""
-    model.hf.save_pretrained(str(folder))
 
 
 def load_adapter_into(model, folder: Path) -> None:

@@ -150,7 +150,7 @@ def _select_cache(cache, rows: torch.Tensor):
 
 
 @contextmanager
-def _threads(n: int | None):
+def torch_threads(n: int | None):
     """Use ``n`` torch threads inside the block (None: leave as is); restores the previous value."""
     if n is None:
         yield
@@ -174,7 +174,7 @@ def stream_generate(model, prompts: list[list[int]], params: SamplingParams, pad
     """
     steps = _stream(model, prompts, params, pad_token_id, seeds)
     while True:
-        with _threads(num_threads), torch.inference_mode():
+        with torch_threads(num_threads), torch.inference_mode():
             events = next(steps, None)
         if events is None:
             return

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 import torch
 
 from nanoseek.errors import NanoseekError
+from nanoseek.model.load import load_model, resolve_model_dir
 from nanoseek.policy.generate import Completion, SamplingParams, generate
-from nanoseek.tokenizer import render_prompt, stop_token_ids, template_prefills_think
+from nanoseek.tokenizer import load_tokenizer, render_prompt, stop_token_ids, template_prefills_think
 
 
 @dataclass
@@ -120,3 +121,17 @@ class Policy:
         out = self.model(batch.input_ids, attention_mask=batch.attention_mask)
         P = batch.prompt_len
         return out.logits[:, P - 1:-1].float()
+
+
+def load_model_and_tokenizer(path, device: str | torch.device = "cpu") -> tuple:
+    """``(model, tokenizer)`` of the model at ``path`` (a run directory, checkpoint folder, Hugging
+    Face folder or short name; ``nanoseek.model.load``), the model on ``device`` in float32.
+    The one loader every command uses (recipes, ``nanoseek eval``, the server). Raises
+    ``NanoseekError`` when ``path`` is not a model."""
+    folder = resolve_model_dir(path)
+    return load_model(folder, device=device), load_tokenizer(folder)
+
+
+def load_policy(path, system_prompt: str | None = None, device: str | torch.device = "cpu") -> Policy:
+    """A ``Policy`` for the model at ``path`` (see ``load_model_and_tokenizer``) asked with ``system_prompt``."""
+    return Policy(*load_model_and_tokenizer(path, device), system_prompt)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import threading
 import time
 from pathlib import Path
 
@@ -17,16 +18,16 @@ import numpy as np
 import torch
 
 from nanoseek.atomic import atomic_write_json
+from nanoseek.errors import NanoseekError
 from nanoseek.evaluation.evaluate import EvalConfig, eval_metrics_record, evaluate_policy, results_as_dicts
 from nanoseek.model.config import ModelConfig
-from nanoseek.model.load import load_model, resolve_model_dir
 from nanoseek.model.transformer import DeepseekV3ForCausalLM
-from nanoseek.policy.policy import Policy
+from nanoseek.policy.policy import Policy, load_model_and_tokenizer, load_policy  # noqa: F401 (the recipes' loader)
 from nanoseek.progress import Progress
 from nanoseek.recipes.config import TaskConfig, recipe_dict
+from nanoseek.runs.plain import drop_none, to_jsonable
 from nanoseek.runs.rundir import RunDir, default_path
 from nanoseek.tasks import get_task
-from nanoseek.tokenizer import load_tokenizer
 
 
 # ------------------------------------------------------------------------------------ basics
@@ -36,8 +37,14 @@ def log(msg: str) -> None:
 
 
 def read_json(path: Path):
-    """The JSON document at ``path``, or None when there is no such file (a stage not yet run)."""
-    return json.loads(path.read_text()) if path.exists() else None
+    """The JSON document at ``path``, or None when there is no such file (a stage not yet run).
+    Raises a one-line ``NanoseekError`` naming the file when it is not JSON."""
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise NanoseekError(f"cannot read {path}: {type(e).__name__}: {e}") from None
 
 
 def seed_everything(seed: int) -> None:
@@ -68,18 +75,6 @@ def create_run(cfg, out: str | None, resume: bool) -> RunDir:
 
 
 # ------------------------------------------------------------------------------------ models
-def load_model_and_tokenizer(path: str | Path) -> tuple:
-    """``(model, tokenizer)`` of the model at ``path`` (run directory, checkpoint, Hugging Face folder
-    or short name; ``model.load.load_model``). Raises ``NanoseekError`` when ``path`` is not a model."""
-    folder = resolve_model_dir(path)
-    return load_model(folder), load_tokenizer(folder)
-
-
-def load_policy(path: str | Path, system_prompt: str | None = None) -> Policy:
-    """A ``Policy`` for the model at ``path`` (see ``load_model_and_tokenizer``) asked with ``system_prompt``."""
-    return Policy(*load_model_and_tokenizer(path), system_prompt)
-
-
 def fresh_model(fields: dict, tokenizer) -> DeepseekV3ForCausalLM:
     """A freshly initialised DeepSeek-V3-style model with ``ModelConfig`` ``fields`` (a ``[model]``
     table), its vocabulary size (unless given) and special token ids taken from ``tokenizer``.
@@ -121,16 +116,53 @@ def first_samples(results: list, samples: int, problems: int = 4) -> list[dict]:
     return results_as_dicts(results[: problems * samples: samples])
 
 
+def is_eval_record(record: dict) -> bool:
+    """Whether a ``metrics.jsonl`` record is a held-out evaluation alone (``step`` and ``eval/*`` keys
+    only): the base and final evaluations, not a training step that also evaluated."""
+    keys = set(record) - {"step"}
+    return bool(keys) and all(k.startswith("eval/") for k in keys)
+
+
 def stored_eval(path: Path, run: RunDir, policy: Policy, task, eval_cfg: EvalConfig, desc: str) -> dict:
-    """``{"metrics", "samples"}`` of the evaluation stored at ``path``; when there is none yet, evaluate
-    now, store it (so a resumed run does not evaluate twice) and log it at step 0."""
-    if path.exists():
-        return json.loads(path.read_text())
+    """``{"metrics", "samples"}`` of the evaluation stored at ``path``; when there is none yet (or it
+    is unreadable, which is said), evaluate now, log it at step 0 and store it, in that order, so
+    that a run killed in between logs it once: a resumed run evaluates again and its line takes the
+    place of the earlier one (``RunDir.put_metrics``)."""
+    try:
+        stored = read_json(path)
+    except NanoseekError as e:
+        log(f"{e}; evaluating again")
+        stored = None
+    if isinstance(stored, dict) and isinstance(stored.get("metrics"), dict):
+        return stored
     m, res = run_eval(policy, task, eval_cfg, desc)
     stored = {"metrics": m, "samples": first_samples(res, eval_cfg.samples)}
+    run.put_metrics({"step": 0, **eval_metrics_record(m)}, lambda r: r.get("step") == 0 and is_eval_record(r))
     atomic_write_json(path, stored)
-    run.log_metrics({"step": 0, **eval_metrics_record(m)})
     return stored
+
+
+def _differences(a, b, prefix: str = "") -> list[str]:
+    """The dotted keys at which the nested dicts ``a`` and ``b`` differ."""
+    if not (isinstance(a, dict) and isinstance(b, dict)):
+        return [] if a == b else [prefix or "(all)"]
+    out = []
+    for k in sorted(set(a) | set(b), key=str):
+        out += _differences(a.get(k), b.get(k), f"{prefix}.{k}" if prefix else str(k))
+    return out
+
+
+def finished_run(run: RunDir, config: dict, what: str) -> Path:
+    """Answer a ``--resume`` of a complete run (``what`` says what it did) without changing anything:
+    log that it is complete and return its path. Raises ``NanoseekError`` when ``config`` (the
+    resumed config with this call's overrides) differs from the stored one, naming the keys: a
+    complete run is never redone or changed in place."""
+    diff = _differences(drop_none(to_jsonable(config)), drop_none(run.read_config()))
+    if diff:
+        raise NanoseekError(f"{run.path} is a complete run ({what}); this call changes {', '.join(diff[:6])}: "
+                            "start a new run with --out instead (a complete run is never changed)")
+    log(f"{run.path} is already complete ({what}); nothing to do. Report: {run.report_path}")
+    return run.path
 
 
 def report_sample(s: dict) -> dict:
@@ -139,28 +171,74 @@ def report_sample(s: dict) -> dict:
 
 
 # ------------------------------------------------------------------------------- wall time
+class Heartbeat:
+    """Calls ``beat()`` every ``every`` seconds on a daemon thread between ``start()`` and ``stop()``:
+    what a process killed at any moment has written of its wall time is at most that old."""
+
+    def __init__(self, beat, every: float = 1.0):
+        self.beat, self.every = beat, every
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start beating (a no-op when already started)."""
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="nanoseek-wall-clock", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            self.beat()
+
+    def stop(self) -> None:
+        """Stop beating and wait for the thread (a no-op when not started)."""
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
+
+
 class WallClock:
     """The wall time of a resumable run: this call's seconds plus those earlier calls stored in
-    ``path`` (``wall.json``), so that a run killed and resumed still reports its whole wall time."""
+    ``path`` (``wall.json``), so that a run killed and resumed still reports its whole wall time.
+    Between ``start()`` and ``stop()`` the seconds are stored every second (``Heartbeat``), so a
+    SIGKILL loses at most one second of them."""
 
     def __init__(self, path: Path, start: float | None = None):
         self.path = path
-        self.start = time.time() if start is None else start  # this call's start (time.time())
-        self.prior = read_json(path)["seconds"] if path.exists() else 0.0
+        self.start_time = time.time() if start is None else start  # this call's start (time.time())
+        try:
+            stored = read_json(path) or {"seconds": 0.0}
+        except NanoseekError as e:
+            log(f"{e}; the time of earlier calls is not counted")
+            stored = {"seconds": 0.0}
+        self.prior = float(stored.get("seconds", 0.0)) if isinstance(stored, dict) else 0.0
+        self._lock = threading.Lock()  # the heartbeat and the caller write wall.json in turn
+        self._heartbeat = Heartbeat(self.save)
+
+    def start(self) -> None:
+        """Store the seconds every second from now on (on a daemon thread)."""
+        self._heartbeat.start()
+
+    def stop(self) -> None:
+        """Stop storing them every second (``save`` still stores them)."""
+        self._heartbeat.stop()
 
     @property
     def origin(self) -> float:
         """The ``time.time()`` at which the run would have started had it never stopped."""
-        return self.start - self.prior
+        return self.start_time - self.prior
 
     def seconds(self) -> float:
         """Wall seconds of the whole run so far."""
-        return time.time() - self.start + self.prior
+        return time.time() - self.start_time + self.prior
 
     def save(self) -> float:
         """Store the seconds so far in ``path`` and return them."""
-        seconds = self.seconds()
-        atomic_write_json(self.path, {"seconds": seconds})
+        with self._lock:
+            seconds = self.seconds()
+            atomic_write_json(self.path, {"seconds": seconds})
         return seconds
 
 
@@ -173,9 +251,22 @@ class StageTimes:
         self.seconds: dict[str, float] = read_json(path) or {}
 
     def timed(self, stage: str, fn):
-        """Call ``fn()``, add its wall time (rounded to 0.1 s) to ``stage``, store; return its result."""
-        t0 = time.time()
-        result = fn()
-        self.seconds[stage] = round(self.seconds.get(stage, 0.0) + time.time() - t0, 1)
-        atomic_write_json(self.path, self.seconds)
+        """Call ``fn()``, add its wall time (rounded to 0.1 s) to ``stage``, store; return its result.
+        While ``fn`` runs the stage's seconds so far are stored every second, so a run killed
+        mid-stage keeps them."""
+        t0, before = time.time(), self.seconds.get(stage, 0.0)
+        lock = threading.Lock()
+
+        def store() -> None:
+            with lock:
+                self.seconds[stage] = round(before + time.time() - t0, 1)
+                atomic_write_json(self.path, self.seconds)
+
+        beat = Heartbeat(store)
+        beat.start()
+        try:
+            result = fn()
+        finally:
+            beat.stop()
+        store()
         return result

@@ -8,9 +8,10 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nanoseek.config import build, check_type, load_config_dict, to_dict
+from nanoseek.config import build, check_ranges, check_type, load_config_dict, to_dict
 from nanoseek.errors import NanoseekError
 from nanoseek.evaluation.evaluate import EvalConfig
+from nanoseek.model.config import ModelConfig
 from nanoseek.rl.config import GRPOConfig
 from nanoseek.runs.rundir import RunDir
 from nanoseek.train.pretrain import PretrainConfig
@@ -27,6 +28,10 @@ class RunConfig:
     checkpoint_every: int = 50
     keep_checkpoints: int = 2
     max_wall_seconds: float = 0.0  # 0: no limit; else stop with a checkpoint after this long
+
+    def __post_init__(self):
+        check_ranges(self, "run", {"seed": ">= 0", "threads": ">= 0", "checkpoint_every": ">= 1",
+                                   "keep_checkpoints": ">= 1", "max_wall_seconds": ">= 0"})
 
 
 @dataclass
@@ -59,7 +64,13 @@ class ModelSource:
         ``path`` is not a string."""
         table = check_type(table, "dict", where)
         path = check_type(table.get("path"), "str | None", f"{where}.path")
-        return cls(path=path, config={k: v for k, v in table.items() if k != "path"})
+        config = {k: v for k, v in table.items() if k != "path"}
+        if path is None:  # a fresh model: its fields are checked now, before any run directory exists
+            try:
+                ModelConfig.from_dict({"vocab_size": 1, **config})  # the real size comes from the tokenizer
+            except (ValueError, TypeError) as e:
+                raise NanoseekError(f"config section [{where}]: {e}") from None
+        return cls(path=path, config=config)
 
     def to_table(self) -> dict:
         """The TOML table this source was read from (``from_table`` of it gives it back)."""
@@ -118,3 +129,13 @@ def resume_or_recipe_dict(resume: str | None, recipe: str) -> dict:
             raise NanoseekError(f"cannot resume: {resume} has no config.toml, so it is not a nanoseek run directory")
         return run.read_config()
     return load_config_dict(recipe)
+
+
+def run_out(resume: str | None, out: str | None) -> str | None:
+    """The run directory of a command given ``--resume`` and ``--out``: ``resume`` when set, else
+    ``out``. Raises ``NanoseekError`` when both name different directories (a resumed run stays
+    where it is; ``--out`` cannot move or copy it)."""
+    if resume and out and Path(out).resolve() != Path(resume).resolve():
+        raise NanoseekError(f"--out {out} conflicts with --resume {resume}: a resumed run stays in its own "
+                            "directory (drop --out, or start a new run with --out alone)")
+    return resume or out

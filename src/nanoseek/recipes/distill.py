@@ -37,8 +37,8 @@ from nanoseek.evaluation.evaluate import EvalConfig, summarize
 from nanoseek.evaluation.run import EvalSettings, user_message
 from nanoseek.policy.policy import Policy
 from nanoseek.progress import Progress
-from nanoseek.recipes.common import (StageTimes, create_run, held_out_examples, load_policy, load_task, log,
-                                     n_params, read_json, run_eval, use_threads)
+from nanoseek.recipes.common import (StageTimes, create_run, finished_run, held_out_examples, load_policy, load_task,
+                                     log, n_params, read_json, run_eval, use_threads)
 from nanoseek.recipes.config import ModelSource, RunConfig, TaskConfig, ZeroConfig, build_recipe, recipe_dict
 from nanoseek.recipes.pretrain import build_base
 from nanoseek.recipes.rejection import (RejectionSamplingConfig, counts_table, decontamination_index, model_sampler,
@@ -113,11 +113,14 @@ def evaluate_sampler(sampler, task, e: EvalConfig) -> dict:
 
 
 def run_distill(cfg: DistillConfig, out: str | None = None, resume: bool = False, command: str = "nanoseek distill") -> Path:
-    """Run (or resume) the distillation recipe; return the run directory."""
+    """Run (or resume) the distillation recipe; return the run directory. Resuming a complete run
+    (its ``summary.json``, written last) changes nothing."""
+    if resume and out and RunDir(out).summary_path.exists():
+        return finished_run(RunDir(out), recipe_dict(cfg), "distillation and comparison done")
     use_threads(cfg.run.threads)
     task = load_task(cfg.task)
     run = create_run(cfg, out, resume)
-    d = Distillation(cfg, task, run, command)
+    d = Distillation(cfg, task, run, run.record_command(command)[0])
     student, base_eval = d.student_base()
     d.teacher()
     budget = d.distilled(student, base_eval)
@@ -225,7 +228,6 @@ def write_distill_report(run, cfg: DistillConfig, task, student_params: int, bud
                "grpo_only_steps": grpo.get("steps") if grpo else None,
                "distilled_over_teacher": d / t if t else None, "budget_seconds": round(budget, 1),
                "teacher_samples": read_json(p / "teacher_counts.json")}
-    run.write_summary(summary)
     table = [[name, m["pass@1"], m["well_formed"], m["thinking"], m["mean_length"],
               f"{n / 1e6:.3f}M" if n else "–", format_duration(w) if w else "–"] for name, m, n, w in rows]
     lines = [f"# nanoseek distill: {task.name}", "", f"Teacher: `{cfg.teacher}`" +
@@ -250,4 +252,5 @@ def write_distill_report(run, cfg: DistillConfig, task, student_params: int, bud
               "Stage reports: [`distilled/report.md`](distilled/report.md)" +
               (", [`grpo_only/report.md`](grpo_only/report.md)" if grpo else "") + "."]
     atomic_write_text(run.report_path, "\n".join(lines) + "\n")
+    run.write_summary(summary)  # last: a resumed run that finds it is complete
     return summary

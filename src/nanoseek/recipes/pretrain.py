@@ -32,11 +32,11 @@ from nanoseek.model.hf import save_model
 from nanoseek.model.load import load_model
 from nanoseek.policy.policy import Policy
 from nanoseek.progress import Progress
-from nanoseek.recipes.common import (fresh_model, load_model_and_tokenizer, load_policy, load_task, log, n_params,
-                                     seed_everything, use_threads)
+from nanoseek.recipes.common import (WallClock, finished_run, fresh_model, load_model_and_tokenizer, load_policy,
+                                     load_task, log, n_params, seed_everything, use_threads)
 from nanoseek.recipes.config import ZeroConfig, recipe_dict
-from nanoseek.runs.checkpoint import (load_trainer_state, resume_from_latest, save_checkpoint, set_rng_state,
-                                      write_trainer_state)
+from nanoseek.runs.checkpoint import (UnsafeCheckpointError, load_trainer_state, resume_from_latest, save_checkpoint,
+                                      set_rng_state, write_trainer_state)
 from nanoseek.runs.plots import PlotSpec, plot_run
 from nanoseek.runs.report import write_report
 from nanoseek.runs.rundir import RunDir, default_path
@@ -71,13 +71,21 @@ def pretrain_base(cfg: ZeroConfig, task, run: RunDir) -> Policy:
     start, optimizer = 0, None
     ckpt = run.path / "pretrain_checkpoint"
     if ckpt.exists():
-        model = load_model(ckpt)
-        state, rng, meta = load_trainer_state(ckpt)
-        start = meta["step"]
-        optimizer = make_adamw(model, pc.lr, pc.weight_decay)
-        optimizer.load_state_dict(state["optimizer"])
-        set_rng_state(rng)
-        log(f"resuming pretraining at step {start}")
+        try:
+            state, rng, meta = load_trainer_state(ckpt)
+            loaded = load_model(ckpt)
+        except UnsafeCheckpointError:
+            raise
+        except NanoseekError as e:  # nothing older to fall back on: pretraining is redone (it is seeded)
+            log(f"{ckpt.name} is damaged ({e}); pretraining starts again from step 0")
+        else:
+            model, start = loaded, meta["step"]
+            optimizer = make_adamw(model, pc.lr, pc.weight_decay)
+            optimizer.load_state_dict(state["optimizer"])
+            set_rng_state(rng)
+            log(f"resuming pretraining at step {start}")
+    # lines of the steps about to be redone (pretraining logs at run step 0, so truncate_logs_after keeps them)
+    run.drop_records(lambda r: r.get("phase") == "pretrain" and r.get("pretrain/step", 0) > start, samples=False)
     policy = Policy(model, tok, cfg.task.system_prompt)
     log(f"pretraining a {n_params(model) / 1e6:.2f}M-parameter DeepSeek-V3-style model for {pc.steps} steps")
     docs = chain_documents(task, lambda s: tok(s, add_special_tokens=False).input_ids, policy.prompt_text,
@@ -171,20 +179,29 @@ def run_pretrain(cfg: ZeroConfig, corpus: dict, out: str | None = None, resume: 
     ``NanoseekError`` for a missing corpus, or ``model.path`` without a corpus."""
     if corpus.get("path") and not Path(corpus["path"]).is_file():
         raise NanoseekError(f"corpus {corpus['path']!r} does not exist")
+    config = {**recipe_dict(cfg), "corpus": corpus}
+    if resume and out and RunDir(out).summary_path.exists() and (Path(out) / "base").exists():
+        return finished_run(RunDir(out), config, f"{cfg.pretrain.steps} pretraining steps")
     use_threads(cfg.run.threads)
-    run = RunDir.create(out or str(default_path("pretrain")), {**recipe_dict(cfg), "corpus": corpus}, resume=resume)
-    log(f"run directory: {run.path}")
     t0 = time.time()
-    if (run.path / "base").exists():
-        log("already finished: base/ exists")
-    elif corpus.get("path"):
-        pretrain_corpus(cfg, run, corpus["path"], int(corpus.get("seq_len", 256)))
-    else:
-        if cfg.model.path:
-            raise NanoseekError("--model without --data: give the corpus to continue pretraining on (--data FILE)")
-        build_base(cfg, load_task(cfg.task), run)
+    run = RunDir.create(out or str(default_path("pretrain")), config, resume=resume)
+    command = run.record_command(command)[0]  # the report shows the command that started the run
+    log(f"run directory: {run.path}")
+    clock = WallClock(run.path / "wall.json", start=t0)
+    clock.start()
+    try:
+        if (run.path / "base").exists():
+            log("pretraining finished before: base/ exists")
+        elif corpus.get("path"):
+            pretrain_corpus(cfg, run, corpus["path"], int(corpus.get("seq_len", 256)))
+        else:
+            if cfg.model.path:
+                raise NanoseekError("--model without --data: give the corpus to continue pretraining on (--data FILE)")
+            build_base(cfg, load_task(cfg.task), run)
+    finally:
+        clock.stop()
     mark_final(run)
-    write_pretrain_report(run, time.time() - t0, command)
+    write_pretrain_report(run, clock.save(), command)
     log(f"model: {run.path / 'base'}  report: {run.report_path}")
     return run.path
 
@@ -196,7 +213,8 @@ def mark_final(run: RunDir) -> None:
 
 
 def write_pretrain_report(run: RunDir, wall: float, command: str) -> None:
-    """``summary.json`` (steps, final loss, wall seconds), ``plots/pretrain_loss.png`` and ``report.md``."""
+    """``plots/pretrain_loss.png``, ``report.md`` and, last (it marks the run complete), ``summary.json``
+    (steps, final loss, wall seconds)."""
     metrics = [m for m in run.read_metrics() if m.get("phase") == "pretrain"]
     records = [{**m, "step": int(m.get("pretrain/step", i + 1))} for i, m in enumerate(metrics)]
     series = {"pretrain_loss": PlotSpec("Pretraining loss", "loss", ("pretrain/loss", "pretrain/mtp_loss"))}
@@ -204,5 +222,5 @@ def write_pretrain_report(run: RunDir, wall: float, command: str) -> None:
     last = records[-1] if records else {}
     summary = {"command": command, "steps": last.get("step"), "final_loss": last.get("pretrain/loss"),
                "wall_seconds": round(wall, 1)}
-    run.write_summary(summary)
     write_report(run, title="nanoseek pretrain", summary=summary, plots=plots, samples_before=[], samples_after=[])
+    run.write_summary(summary)

@@ -44,13 +44,13 @@ from pathlib import Path
 import torch
 
 from nanoseek.atomic import atomic_write_json, atomic_write_text, remove_path
-from nanoseek.config import load_config_dict, to_dict
+from nanoseek.config import check_ranges, load_config_dict, to_dict
 from nanoseek.errors import NanoseekError
 from nanoseek.evaluation.evaluate import EvalConfig, results_as_dicts
 from nanoseek.evaluation.run import LocalSampler
 from nanoseek.model.load import resolve_model_dir
-from nanoseek.recipes.common import (StageTimes, create_run, load_policy, load_task, log, read_json, run_eval,
-                                     use_threads)
+from nanoseek.recipes.common import (StageTimes, create_run, finished_run, load_policy, load_task, log, read_json,
+                                     run_eval, use_threads)
 from nanoseek.recipes.config import ModelSource, RunConfig, TaskConfig, ZeroConfig, build_recipe, recipe_dict
 from nanoseek.recipes.pretrain import build_base
 from nanoseek.recipes.r1_report import write_r1_report
@@ -86,6 +86,9 @@ class ColdStartConfig:
     sample: RejectionSamplingConfig = field(default_factory=RejectionSamplingConfig)  # used by source = "zero"
     sft: SFTConfig = field(default_factory=SFTConfig)
 
+    def __post_init__(self):
+        check_ranges(self, "cold_start", {"examples": ">= 1", "seed": ">= 0"})
+
 
 @dataclass
 class RejectionConfig:
@@ -95,6 +98,9 @@ class RejectionConfig:
     non_reasoning: str = "builtin"
     non_reasoning_fraction: float = 0.25  # R1 sec. 2.3.3: ~200k of ~800k
     sft: SFTConfig = field(default_factory=SFTConfig)
+
+    def __post_init__(self):
+        check_ranges(self, "rejection", {"non_reasoning_fraction": "[0, 1)"})
 
 
 @dataclass
@@ -369,10 +375,15 @@ def run_r1(cfg: R1Config, out: str | None = None, resume: bool = False, from_sta
             raise NanoseekError(f"unknown stage {s!r}; stages: {', '.join(STAGES)}")
     if from_stage and not resume:
         raise NanoseekError("--from STAGE redoes a stage of an existing run: give --resume RUN_DIR")
+    if resume and out and not from_stage and RunDir(out).summary_path.exists():
+        pipe = R1Pipeline(cfg, RunDir(out), command)
+        wanted = STAGES[: STAGES.index(until) + 1] if until else STAGES
+        if all(pipe.done(s) for s in wanted):
+            return finished_run(pipe.run, recipe_dict(cfg), f"stages {wanted[0]} to {wanted[-1]} done")
     use_threads(cfg.run.threads)
     t0 = time.time()
     run = create_run(cfg, out, resume)
-    pipe = R1Pipeline(cfg, run, command)
+    pipe = R1Pipeline(cfg, run, run.record_command(command)[0])  # the report shows the command that started it
     if from_stage:
         pipe.reset_from(from_stage)
     pipe.run_stages(until)

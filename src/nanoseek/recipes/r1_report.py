@@ -46,7 +46,6 @@ def write_r1_report(pipe, wall: float) -> dict:
                "final": pipe.evaluation(r1_stages[-1]) if r1_stages else None, "final_stage": r1_stages[-1] if r1_stages else None,
                "rejection": read_json(path / "rejection" / "counts.json"), "cold_start_data": read_json(path / "cold_start_counts.json"),
                "wall_seconds": round(sum(walls.values()), 1), "wall_seconds_this_call": round(wall, 1)}
-    run.write_summary(summary)
 
     r1_rows = [r for r in rows if r["stage"] != "zero"]  # x = 0 (base), 1..4 (the R1 stages)
     records = [{"step": i, "r1/pass@1": r["pass@1"], "r1/well_formed": r["well_formed"], "r1/thinking": r["thinking"]}
@@ -89,4 +88,5 @@ def write_r1_report(pipe, wall: float) -> dict:
     if links:
         lines += ["## Stage reports (training curves, sample completions)", ""] + links + [""]
     atomic_write_text(run.report_path, "\n".join(lines).rstrip("\n") + "\n")
+    run.write_summary(summary)  # last: a resumed run that finds it (and every stage done) is complete
     return summary

@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from nanoseek.atomic import atomic_write_json, atomic_write_text
-from nanoseek.errors import NanoseekError
+from nanoseek.config import check_ranges
 from nanoseek.evaluation.endpoint import EndpointConfig
 from nanoseek.evaluation.evaluate import split_think_block
 from nanoseek.evaluation.run import EndpointSampler, EvalSettings, LocalSampler, model_run_config, user_message
@@ -87,10 +87,12 @@ class RejectionSamplingConfig:
     eval_tasks: list = field(default_factory=list)  # empty: every task nanoseek knows
 
     def __post_init__(self):
-        if self.samples < 1 or self.prompts < 0:
-            raise NanoseekError(f"sample needs samples >= 1 and prompts >= 0, got {self.samples}, {self.prompts}")
-        if not 0 < self.decontam_threshold <= 1:
-            raise NanoseekError(f"sample.decontam_threshold must be in (0, 1], got {self.decontam_threshold}")
+        check_ranges(self, "sample", {
+            "prompts": ">= 0", "samples": ">= 1", "temperature": ">= 0", "top_p": "(0, 1]", "max_new_tokens": ">= 1",
+            "batch_size": ">= 1", "seed": ">= 0", "max_length": ">= 0", "max_per_prompt": ">= 0",
+            "max_paragraph_chars": ">= 0", "repeat_min_chars": ">= 1", "repeat_min_times": ">= 2",
+            "repeat_max_period": f">= {self.repeat_min_chars}", "min_language_share": "[0, 1]", "decontam_ngram": ">= 1",
+            "decontam_threshold": "(0, 1]", "decontam_common_df": "(0, 1]"})
 
 
 @dataclass

@@ -19,9 +19,9 @@ import torch
 from nanoseek.atomic import atomic_write_json
 from nanoseek.errors import NanoseekError
 from nanoseek.evaluation.evaluate import EvalConfig, eval_metrics_record
-from nanoseek.recipes.common import (WallClock, create_run, first_samples, load_policy, load_task, log,
-                                     report_sample, run_eval, stored_eval, use_threads)
-from nanoseek.recipes.config import ModelSource, RunConfig, TaskConfig, build_recipe
+from nanoseek.recipes.common import (WallClock, create_run, finished_run, first_samples, is_eval_record, load_policy,
+                                     load_task, log, report_sample, run_eval, stored_eval, use_threads)
+from nanoseek.recipes.config import ModelSource, RunConfig, TaskConfig, build_recipe, recipe_dict
 from nanoseek.runs.plots import PlotSpec, plot_run
 from nanoseek.runs.report import write_report
 from nanoseek.runs.rundir import RunDir
@@ -55,6 +55,16 @@ def sft_stage(policy, chats: list[list[dict]], cfg: SFTConfig, run: RunDir, run_
     held-out split is evaluated before (unless ``before``, a stored evaluation of this same model,
     is given) and after. Returns the summary (``stopped`` set when the wall-time limit stopped it)."""
     clock = WallClock(run.path / "wall.json")
+    clock.start()
+    try:
+        return _sft_stage(policy, chats, cfg, run, run_cfg, clock, task=task, eval_cfg=eval_cfg, before=before,
+                          title=title, command=command, fault_hook=fault_hook)
+    finally:
+        clock.stop()
+
+
+def _sft_stage(policy, chats, cfg: SFTConfig, run: RunDir, run_cfg: RunConfig, clock: WallClock, *, task, eval_cfg,
+               before, title: str, command: str, fault_hook) -> dict:
     examples, dropped = encode_chats(chats, policy.tokenizer, cfg.max_length)
     schedule = SFTSchedule(examples, cfg.batch_size, cfg.seed, cfg.packing, cfg.max_length)
     steps = cfg.total_steps(schedule.steps_per_epoch)
@@ -84,13 +94,15 @@ def sft_stage(policy, chats: list[list[dict]], cfg: SFTConfig, run: RunDir, run_
     after_samples: list[dict] = []
     if evaluate:
         final, res = run_eval(policy, task, eval_cfg, "eval after")
+        run.drop_records(lambda r: r.get("step") == done and is_eval_record(r), samples=False)  # a killed call's
         run.log_metrics({"step": done, **eval_metrics_record(final)})
         summary.update({"task": task.name, "base": before, "final": final})
         after_samples = first_samples(res, eval_cfg.samples)
         atomic_write_json(run.path / "eval_after.json", {"metrics": final, "samples": after_samples})
+    clock.stop()
     summary["wall_seconds"] = round(clock.save(), 1)
-    run.write_summary(summary)
     write_sft_report(run, summary, before_samples, after_samples)
+    run.write_summary(summary)  # last: it marks the run complete
     return summary
 
 
@@ -112,11 +124,14 @@ def run_sft(recipe: SFTRecipe, out: str | None = None, resume: bool = False, com
     model, or for bad data (before a run directory is made)."""
     if not recipe.model.path:
         raise NanoseekError("nanoseek sft needs --model (a run directory, checkpoint or Hugging Face folder)")
+    if resume and out and RunDir(out).summary_path.exists():  # written only when the run finished
+        return finished_run(RunDir(out), recipe_dict(recipe), "fine-tuning finished")
     use_threads(recipe.run.threads)
     chats = load_chat_jsonl(recipe.data)  # before a run directory is made: bad data fails at once
     task = load_task(recipe.task) if recipe.task.name and recipe.eval.limit != 0 else None
     policy = load_policy(recipe.model.path, recipe.task.system_prompt)
     run = create_run(recipe, out, resume)
+    command = run.record_command(command)[0]  # the report shows the command that started the run
     torch.manual_seed(recipe.run.seed)
     summary = sft_stage(policy, chats, recipe.sft, run, recipe.run, task=task, eval_cfg=recipe.eval,
                         title=f"nanoseek sft: {Path(str(recipe.model.path)).name}", command=command)

@@ -7,9 +7,15 @@ Stages, each resumable (DeepSeek-R1 sec. 2.2), the methods of ``ZeroRun``:
 2. ``evaluate``: base evaluation on the held-out split (``RUN_DIR/eval_base.json``);
 3. ``train``: GRPO (``[grpo]``), checkpointing to ``RUN_DIR/checkpoints/step-N/``, with held-out
    evaluation every ``eval_every`` steps;
-4. ``finish``: final evaluation, ``summary.json``, ``plots/`` and ``report.md``.
+4. ``finish``: final evaluation, ``plots/``, ``report.md`` and, last, ``summary.json``.
 
 Under ``torchrun`` every rank trains; rank 0 alone evaluates and writes files.
+
+Killed at any moment (SIGKILL) and resumed, a run ends as if it had never stopped: the same weights,
+samples and ``metrics.jsonl`` (apart from timing fields), its whole wall time, and no temporary
+files (``bench/bench_resume_kill.py``). A damaged checkpoint is passed over for the newest intact
+one (``runs.checkpoint.restore_newest``). Resuming a complete run (``summary.json`` for
+``grpo.steps``) changes nothing; the command that started a run stays the one its report shows.
 """
 
 from __future__ import annotations
@@ -17,15 +23,16 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from nanoseek.errors import NanoseekError
 from nanoseek.evaluation.evaluate import eval_metrics_record
 from nanoseek.progress import Progress
-from nanoseek.recipes.common import (WallClock, first_samples, load_task, log, report_sample, run_eval,
-                                     seed_everything, stored_eval, use_threads)
+from nanoseek.recipes.common import (WallClock, finished_run, first_samples, is_eval_record, load_task, log,
+                                     read_json, report_sample, run_eval, seed_everything, stored_eval, use_threads)
 from nanoseek.recipes.config import ZeroConfig, recipe_dict
 from nanoseek.recipes.pretrain import build_base
 from nanoseek.rl.distributed import init_from_env
 from nanoseek.rl.trainer import GRPOTrainer
-from nanoseek.runs.checkpoint import load_trainer_state, load_weights_into, save_checkpoint, set_rng_state
+from nanoseek.runs.checkpoint import load_weights_into, restore_newest, save_checkpoint, set_rng_state
 from nanoseek.runs.plots import plot_run
 from nanoseek.runs.report import write_report
 from nanoseek.runs.rundir import RunDir
@@ -34,21 +41,41 @@ from nanoseek.runs.rundir import RunDir
 def run_zero(cfg: ZeroConfig, out: str | None = None, resume: bool = False, command: str = "nanoseek zero",
              fault_hook=None) -> Path:
     """Run (or resume) the R1-Zero recipe; return the run directory. ``fault_hook(tmp_dir)`` runs
-    inside every checkpoint write, before its rename (tests kill the run there)."""
+    inside every checkpoint write, before its rename (tests kill the run there). Resuming a complete
+    run changes nothing (``recipes.common.finished_run``)."""
     t_start = time.time()
     dist = init_from_env()  # torchrun: every rank trains, rank 0 alone evaluates and writes files
     use_threads(cfg.run.threads)
-    task = load_task(cfg.task)
     out_path = Path(dist.broadcast_object(str(Path(out) if out else RunDir.default_path(cfg.run.name))))
+    if resume and is_complete(RunDir(out_path), cfg):
+        return finished_run(RunDir(out_path), recipe_dict(cfg), f"{cfg.grpo.steps} GRPO steps")
+    task = load_task(cfg.task)
     run = RunDir.create(out_path, recipe_dict(cfg), resume=resume) if dist.is_main else RunDir(out_path)
+    command = run.record_command(command)[0] if dist.is_main else command  # the report shows the first
     zero = ZeroRun(cfg, task, run, dist, WallClock(run.path / "wall.json", start=t_start), command, fault_hook)
     log(f"run directory: {run.path}")
-    zero.base()
-    zero.evaluate()
-    zero.train(resume)
     if dist.is_main:
-        zero.finish()
+        zero.clock.start()
+    try:
+        zero.base()
+        zero.evaluate()
+        zero.train(resume)
+        if dist.is_main:
+            zero.finish()
+    finally:
+        zero.clock.stop()
     return run.path
+
+
+def is_complete(run: RunDir, cfg: ZeroConfig) -> bool:
+    """Whether ``run`` finished ``cfg``'s GRPO steps: its ``summary.json`` (written last) says so and
+    its newest checkpoint is that step's."""
+    try:
+        summary = read_json(run.summary_path)
+    except NanoseekError:
+        return False  # a damaged summary: finishing again writes it anew
+    done = isinstance(summary, dict) and summary.get("steps") == cfg.grpo.steps
+    return done and run.latest_step() == cfg.grpo.steps
 
 
 class ZeroRun:
@@ -101,14 +128,13 @@ class ZeroRun:
         self.steps_done = trainer.state.step
 
     def _resume(self, trainer: GRPOTrainer, resume: bool) -> int:
-        """Load the newest checkpoint into the policy and ``trainer``; return its step (0: none)."""
-        latest = self.run.latest_checkpoint()
-        if latest is None:
+        """Load the newest intact checkpoint into the policy and ``trainer``; return its step (0: none)."""
+        found = restore_newest(self.run, lambda folder: load_weights_into(self.policy.model, folder))
+        if found is None:  # the full model, or a LoRA adapter, is loaded by restore_newest
             if resume and self.dist.is_main:
-                self.run.truncate_logs_after(0)  # GRPO lines of a run stopped before its first checkpoint
+                self.run.truncate_logs_after(0)  # GRPO lines of a run stopped before its first intact checkpoint
             return 0
-        load_weights_into(self.policy.model, latest)  # the full model, or a LoRA adapter
-        state, rng, meta = load_trainer_state(latest)
+        latest, state, rng, meta = found
         trainer.load_state_dict(state)
         set_rng_state(rng)
         start = meta["step"]
@@ -135,15 +161,26 @@ class ZeroRun:
                             keep_last=cfg.run.keep_checkpoints, before_rename=self.fault_hook)
 
     def finish(self) -> None:
-        """Final held-out evaluation, ``summary.json``, plots and ``report.md`` (rank 0)."""
+        """Final held-out evaluation, plots, ``report.md`` and, last, ``summary.json`` (rank 0): a run
+        killed before the summary is finished again on resume, its final line logged once."""
         cfg, run, base = self.cfg, self.run, self.base_eval
         final_m, final_res = run_eval(self.policy, self.task, cfg.eval, "eval final")
+        seen = [0]  # the final line of a call killed before its summary goes (at step 0 the base's stays)
+
+        def earlier_final(r: dict) -> bool:
+            if r.get("step") != self.steps_done or not is_eval_record(r):
+                return False
+            seen[0] += 1
+            return seen[0] > (1 if self.steps_done == 0 else 0)
+
+        run.drop_records(earlier_final, samples=False)
         run.log_metrics({"step": self.steps_done, **eval_metrics_record(final_m)})
+        self.clock.stop()
         wall = self.clock.save()
         summary = {"task": self.task.name, "base": base["metrics"], "final": final_m, "steps": self.steps_done,
                    "wall_seconds": round(wall, 1), "seed": cfg.run.seed, "command": self.command}
-        run.write_summary(summary)
         write_zero_report(run, summary, base["samples"], first_samples(final_res, cfg.eval.samples))
+        run.write_summary(summary)
         gain = final_m["pass@1"] - base["metrics"]["pass@1"]
         log(f"final: pass@1 {final_m['pass@1']:.3f} ({gain:+.3f})  thinking {final_m['thinking']:.3f}  "
             f"mean length {final_m['mean_length']:.1f}")

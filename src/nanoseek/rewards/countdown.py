@@ -158,14 +158,15 @@ def score_equation(answer: str | None, nums: Sequence[int], target: int, exactly
 
 def countdown_reward(completions: Sequence, nums: Sequence[Sequence[int]], target: Sequence[int],
                      think_prefilled: bool = False, exactly_once: bool = False, format_score: float = 0.0,
-                     **_) -> list[float]:
+                     counts: grading.GradeCounts | None = None, **_) -> list[float]:
     """Countdown accuracy: 1.0 when the answer is an equation over ``nums`` that equals ``target``.
 
     Range: {0.0, ``format_score``, 1.0}. Source: TinyZero ``verl/utils/reward_score/countdown.py``
     (exact-rational evaluation instead of ``eval`` + 1e-5 tolerance; see the module docstring for the
     number rule and the 0.1 partial score). The equation is the completion's final answer
     (``nanoseek.rewards.grading.extract_answer``: ``<answer>…</answer>`` or ``\\boxed{}``). ``nums`` and
-    ``target`` are the example's metadata columns.
+    ``target`` are the example's metadata columns. A row that cannot be scored (bad metadata, an
+    unexpected exception) gets 0.0 and is counted in ``counts`` as a reward error of ``"countdown"``.
     """
     n = len(completions)
     prefilled = per_item(think_prefilled, n)
@@ -174,7 +175,9 @@ def countdown_reward(completions: Sequence, nums: Sequence[Sequence[int]], targe
         try:
             ans = grading.extract_answer(completion_text(completion), think_prefilled=bool(pre))
             out.append(score_equation(ans, [int(x) for x in ns], int(t), exactly_once, format_score))
-        except Exception:
+        except Exception:  # never raise on model output: scored 0.0, counted
+            if counts is not None:
+                counts.add_reward_error("countdown")
             out.append(0.0)
     return out
 

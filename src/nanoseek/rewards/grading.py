@@ -13,7 +13,8 @@ required to provide the final answer in a specified format (e.g., within a box)"
   extracted answer). A fast path decides plain numbers, simple fractions, percentages, choice
   letters and comma-separated lists of those in microseconds with exact rational arithmetic; every
   other pair goes to math-verify in a killable subprocess pool (``nanoseek.rewards.grading_pool``) with a
-  hard timeout, so pathological answers (towers of powers, huge factorials) cannot hang the caller.
+  hard timeout, so pathological answers (towers of powers, huge factorials) cannot hang the caller:
+  a call returns within its ``timeout`` (default 2 s), waiting for a free worker included.
   The fast path lives in ``nanoseek.rewards.grading_fast``, the subprocess pool in ``nanoseek.rewards.grading_pool``.
 
 Rules the fast path follows (each one a documented deviation from "compare the strings"):
@@ -23,8 +24,13 @@ Rules the fast path follows (each one a documented deviation from "compare the s
   * ``\\text{}``, ``\\mathrm{}``, ``$`` and trailing unit words (``5 \\text{ cm}``, ``72 apples``) are
     dropped, but not words that change the value (``10 thousand``, ``5 pi``, ``2 or 3``);
     ``30^\\circ`` = 30; ``28\\%`` = 28 = 0.28 (a percent sign on either side allows the /100).
+  * scientific notation (``1e-70``, ``1.5\\times 10^{-9}``), integer powers (``2^{-60}``, ``(-2)^3``) and
+    fractions of those (``\\frac{1}{2^{60}}``) are exact numbers too, up to 10^±4000.
   * numbers compare exactly; a decimal matches a non-terminating fraction (1/3, 2/7) only within a
-    *relative* error of 1e-6 (never an absolute tolerance, so 0.0001 ≠ 0.0002, 1000000.5 ≠ 1000000).
+    *relative* error of 1e-6 (never an absolute tolerance, so 0.0001 ≠ 0.0002, 1000000.5 ≠ 1000000,
+    2^{-60} ≠ 2^{-70}). On the math-verify path, whose own numeric comparison is absolute (6 decimal
+    places, or a difference chopped below ~1e-15), a "yes" stands only when the values also agree to
+    a relative 1e-5 (``nanoseek.rewards.grading_child``).
   * ``(C)``, ``\\text{(C)}`` and ``C`` are the same choice letter.
   * comma lists (and ``\\{…\\}`` sets) compare as multisets: any order, but every element must match,
     so a partial answer to a "find all" question is wrong; tuples and intervals go to math-verify.
@@ -43,6 +49,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from dataclasses import dataclass, field, fields
 from fractions import Fraction
 
@@ -67,12 +74,17 @@ class GradeCounts:
         fast_path: checks decided by the fast path (no math-verify).
         slow_path: checks sent to math-verify.
         cache_hits: slow-path checks answered from the result cache.
-        timeouts: slow-path checks cut off by the hard timeout (graded 0.0).
+        timeouts: slow-path checks not decided within the timeout (graded 0.0), waiting for a free
+            worker included.
+        queue_timeouts: the part of ``timeouts`` spent entirely waiting for a free worker (the
+            pool was busy: raise its workers or lower the grading threads if this is not 0).
         parse_failures: predictions math-verify could not parse (graded 0.0).
         no_answer: completions with no extractable answer (graded 0.0).
         bad_references: references that cannot be parsed (graded ``None``: not judged).
         errors: unexpected internal errors caught by the grader (graded 0.0).
-        worker_restarts: grading subprocesses killed (timeout) or found dead; replaced on next use.
+        worker_restarts: grading subprocesses killed (timeout) or found dead; replaced at once.
+        reward_errors: reward name -> completions that reward failed to score (an exception it
+            caught and graded 0.0, or a grader error); in ``snapshot()`` as ``reward_errors/<name>``.
     """
 
     calls: int = 0
@@ -80,11 +92,13 @@ class GradeCounts:
     slow_path: int = 0
     cache_hits: int = 0
     timeouts: int = 0
+    queue_timeouts: int = 0
     parse_failures: int = 0
     no_answer: int = 0
     bad_references: int = 0
     errors: int = 0
     worker_restarts: int = 0
+    reward_errors: dict[str, int] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add(self, name: str, n: int = 1) -> None:
@@ -92,10 +106,62 @@ class GradeCounts:
         with self._lock:
             setattr(self, name, getattr(self, name) + n)
 
-    def snapshot(self) -> dict[str, int]:
-        """The counters as a plain dict (safe to log or to send to another process)."""
+    def add_reward_error(self, reward: str, n: int = 1) -> None:
+        """Count ``n`` completions that the reward called ``reward`` failed to score."""
         with self._lock:
-            return {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
+            self.reward_errors[reward] = self.reward_errors.get(reward, 0) + n
+
+    def merge(self, snapshot: dict[str, int]) -> None:
+        """Add another ``snapshot()`` (of a per-item or per-rank ``GradeCounts``) to these counts."""
+        for key, n in snapshot.items():
+            if key.startswith("reward_errors/"):
+                self.add_reward_error(key[len("reward_errors/"):], n)
+            elif n:
+                self.add(key, n)
+
+    def for_reward(self, name: str) -> "RewardCounts":
+        """The view of these counts that the reward called ``name`` gets (see ``RewardCounts``)."""
+        return RewardCounts(self, name)
+
+    def snapshot(self) -> dict[str, int]:
+        """The counters as a plain dict of ints (safe to log, to sum, or to send to another process)."""
+        with self._lock:
+            out = {f.name: getattr(self, f.name) for f in fields(self)
+                   if not f.name.startswith("_") and f.name != "reward_errors"}
+            out.update({f"reward_errors/{k}": v for k, v in self.reward_errors.items()})
+            return out
+
+
+class RewardCounts:
+    """``GradeCounts`` as one named reward function of a weighted sum sees them.
+
+    Grading events go to the shared counts unchanged; the reward's failures are counted under the
+    name it has in the sum (``combine_rewards``'s key, e.g. ``"format"``), whatever name the
+    function itself uses, so ``reward_errors/<name>`` lines up with ``reward/<name>``.
+    """
+
+    def __init__(self, counts: GradeCounts, name: str) -> None:
+        self.counts, self.name = counts, name
+
+    def add(self, name: str, n: int = 1) -> None:
+        """``GradeCounts.add`` on the shared counts."""
+        self.counts.add(name, n)
+
+    def add_reward_error(self, reward: str, n: int = 1) -> None:
+        """Count failures under this view's reward name (``reward`` is the function's own name)."""
+        self.counts.add_reward_error(self.name, n)
+
+    def merge(self, snapshot: dict[str, int]) -> None:
+        """``GradeCounts.merge``, with reward failures counted under this view's name."""
+        for key, n in snapshot.items():
+            if key.startswith("reward_errors/"):
+                self.add_reward_error(key, n)
+            elif n:
+                self.add(key, n)
+
+    def snapshot(self) -> dict[str, int]:
+        """The shared counts' snapshot."""
+        return self.counts.snapshot()
 
 
 def _uncounted(name: str, n: int = 1) -> None:
@@ -261,6 +327,7 @@ def grade(prediction: str | None, reference: str, timeout: float | None = None,
     """
     count = counts.add if counts is not None else _uncounted
     count("calls")
+    start = time.monotonic()
     try:
         if not check_reference(reference):
             count("bad_references")
@@ -289,7 +356,9 @@ def grade(prediction: str | None, reference: str, timeout: float | None = None,
             if pred_s is not None:
                 count("fast_path")
                 return 1.0 if simple_equal(pred_s, ref_s) else 0.0
-        return slow_verify(pred, reference, raw=raw, timeout=timeout, counts=counts)
+        budget = DEFAULT_TIMEOUT if timeout is None else float(timeout)  # parsing above counts against it
+        return slow_verify(pred, reference, raw=raw, timeout=max(0.0, budget - (time.monotonic() - start)),
+                           counts=counts)
     except Exception:  # never raise on model output
         count("errors")
         return 0.0

@@ -9,6 +9,7 @@ rules are listed in ``nanoseek.rewards.grading``'s module docstring.
 from __future__ import annotations
 
 import functools
+import math
 import re
 from dataclasses import dataclass
 from fractions import Fraction
@@ -59,8 +60,15 @@ class AnswerList:
 _WRAP_RE = re.compile(r"^\\(?:text|textbf|mathrm|mathbf|mbox|textrm|operatorname)\s*\{(.*)\}$", re.DOTALL)
 _NUM_BODY = r"(?:[1-9]\d{0,2}(?:,\d{3})+|\d+)(?:\.\d*)?|\.\d+"
 _NUM_RE = re.compile(rf"^([+-]?)\s*({_NUM_BODY})$")
-_FRAC_RE = re.compile(r"^([+-]?)\s*\\frac\s*(?:\{\s*([+-]?\d+)\s*\}|(\d))\s*(?:\{\s*([+-]?\d+)\s*\}|(\d))$")
-_SLASH_RE = re.compile(r"^([+-]?)\s*(\d+)\s*/\s*(\d+)$")
+# Scientific notation: 1e-70, 1.5E+3, 1.5 \times 10^{-9}, 3 \cdot 10^4 (exponent in braces, or digits).
+_SCI_RE = re.compile(rf"^([+-]?)\s*({_NUM_BODY})\s*(?:[eE]([+-]?\d{{1,6}})|(?:\\times|\\cdot|\*|×)\s*10\s*\^\s*"
+                     r"(?:\{\s*([+-]?\d{1,6})\s*\}|(\d{1,6})))$")
+# An integer power: 2^{-60}, 10^{400}, 2^-60, 2^10, (-2)^{3} (a braced exponent, or a signed digit run).
+_POW_RE = re.compile(r"^(?:(\d{1,50})|\(\s*([+-]?\d{1,50})\s*\))\s*\^\s*(?:\{\s*([+-]?\d{1,6})\s*\}|([+-]?\d{1,6}))$")
+_INT_ATOM_RE = re.compile(r"^([+-]?)\s*(\d{1,200})$")
+_FRAC_HEAD_RE = re.compile(r"^([+-]?)\s*\\frac\s*")
+_SLASH_RE = re.compile(r"^([+-]?)\s*([^/]+?)\s*/\s*([^/]+)$")
+MAX_DIGITS = 4000  # exact values larger or smaller than 10^±4000 are left to math-verify (in its subprocess)
 _UNIT_RE = re.compile(
     r"\s*(?:\\(?:text|mbox|mathrm|textrm)\s*\{\s*[a-zA-Z][a-zA-Z .]*\}|[a-zA-Z]{2,}(?:\s+[a-zA-Z]+)*\.?)$"
 )
@@ -137,23 +145,81 @@ def _parse_number(s: str) -> Num | None:
         s = _strip_outer(_CURRENCY_RE.sub("", s.strip()))
         if s == before:
             break
+    value = _exact_value(s)
+    if value is None:
+        return None
+    return Num(value[0], percent, exact=value[1])
+
+
+def _power(s: str) -> Fraction | None:
+    """The value of an integer or an integer power (``7``, ``-2^{4}`` = -16, ``2^{-60}``, ``(-2)^3``), or
+    ``None`` (also when the result would have more than ``MAX_DIGITS`` digits)."""
+    m = _INT_ATOM_RE.match(s)
+    if m:
+        return Fraction(int(m.group(2)) * (-1 if m.group(1) == "-" else 1))
+    sign = -1 if s[:1] == "-" else 1
+    m = _POW_RE.match(s[1:].strip() if s[:1] in "+-" else s)
+    if not m:
+        return None
+    base, exp = int(m.group(1) or m.group(2)), int(m.group(3) or m.group(4))
+    if base == 0 and exp < 0 or abs(exp) * math.log10(max(2, abs(base))) > MAX_DIGITS:
+        return None
+    return sign * Fraction(base) ** exp
+
+
+def _frac_parts(s: str) -> tuple[str, str, str] | None:
+    """(sign, numerator, denominator) of ``\\frac{a}{b}`` / ``\\frac12`` / ``\\frac{a}2``, or ``None``."""
+    m = _FRAC_HEAD_RE.match(s)
+    if not m:
+        return None
+    parts, i = [], m.end()
+    for _ in range(2):
+        i += len(s[i:]) - len(s[i:].lstrip())
+        if s[i:i + 1] == "{":
+            end = brace_end(s, i)
+            if end < 0:
+                return None
+            parts.append(s[i + 1:end - 1])
+            i = end
+        elif s[i:i + 1].isdigit():
+            parts.append(s[i])
+            i += 1
+        else:
+            return None
+    return (m.group(1), parts[0], parts[1]) if not s[i:].strip() else None
+
+
+def _exact_value(s: str) -> tuple[Fraction, bool] | None:
+    """(exact value, written exactly) of a number on its own: a decimal, scientific notation, an
+    integer power, or a fraction of integers or integer powers (``\\frac{1}{2^{60}}``, ``3/4``).
+    A decimal literal is not "written exactly" (it may be a rounding)."""
     m = _NUM_RE.match(s)
     if m:
         body = m.group(2).replace(",", "")
         value = Fraction(body.rstrip(".") if body.endswith(".") else body)
-        return Num(-value if m.group(1) == "-" else value, percent, exact="." not in body)
-    m = _FRAC_RE.match(s)
+        return (-value if m.group(1) == "-" else value), "." not in body
+    m = _SCI_RE.match(s)
     if m:
-        num, den = int(m.group(2) or m.group(3)), int(m.group(4) or m.group(5))
-        if den == 0:
+        body = m.group(2).replace(",", "")
+        exp = int(m.group(3) or m.group(4) or m.group(5))
+        if abs(exp) + len(body) > MAX_DIGITS:
             return None
-        value = Fraction(num, den)
-        return Num(-value if m.group(1) == "-" else value, percent)
-    m = _SLASH_RE.match(s)
-    if m and int(m.group(3)) != 0:
-        value = Fraction(int(m.group(2)), int(m.group(3)))
-        return Num(-value if m.group(1) == "-" else value, percent)
-    return None
+        value = Fraction(body.rstrip(".") if body.endswith(".") else body) * Fraction(10) ** exp
+        return (-value if m.group(1) == "-" else value), "." not in body
+    value = _power(s)
+    if value is not None:
+        return value, True
+    parts = _frac_parts(s)
+    if parts is None:
+        m = _SLASH_RE.match(s)
+        parts = (m.group(1), m.group(2), m.group(3)) if m else None
+    if parts is None:
+        return None
+    num, den = _power(parts[1].strip()), _power(parts[2].strip())
+    if num is None or not den:
+        return None
+    value = num / den
+    return (-value if parts[0] == "-" else value), True
 
 
 def _parse_item(s: str):
@@ -186,7 +252,7 @@ def parse_simple(answer: str):
     elif s[:1] in "([" and s[-1:] in ")]" and "," in s:
         return None  # ordered tuple or interval: math-verify decides
     s = re.sub(r"\s*(?:\\text\{\s*(?:and|or)\s*\}|\band\b|\bor\b)\s*", ",", s) if "," in s else s
-    if "," in s and not _NUM_RE.match(_CURRENCY_RE.sub("", s)):
+    if "," in s and not any(r.match(_CURRENCY_RE.sub("", s)) for r in (_NUM_RE, _SCI_RE)):
         parts = [p.strip() for p in _split_top(s)]
         if len(parts) < 2 or not all(parts):
             return None
@@ -209,14 +275,14 @@ def _terminates(x: Fraction) -> bool:
 def _num_eq(a: Num, b: Num) -> bool:
     """Exact equality, with two allowances: a percent sign on one side also allows the value / 100,
     and a decimal literal matches a non-terminating fraction (1/3, 2/7) within a relative error of
-    1e-6 (a rounding such as 0.3333333). Two terminating values must be exactly equal, and no
-    absolute tolerance ever applies (0.0001 != 0.0002)."""
+    1e-6 of the larger value (a rounding such as 0.333333; the same in both orders). Two terminating
+    values must be exactly equal, and no absolute tolerance ever applies (0.0001 != 0.0002)."""
 
     def close(x: Fraction, y: Fraction) -> bool:
         if x == y:
             return True
         inexact = (not a.exact and not _terminates(y)) or (not b.exact and not _terminates(x))
-        return inexact and y != 0 and abs(x - y) <= abs(y) * Fraction(1, 10**6)
+        return inexact and abs(x - y) <= max(abs(x), abs(y)) * Fraction(1, 10**6)
 
     pairs = [(a.value, b.value)]
     if a.percent != b.percent:
@@ -243,7 +309,7 @@ def simple_equal(p, r) -> bool:
     return False
 
 
-_LAST_NUM_RE = re.compile(rf"(?<![\w.])([+-]?(?:{_NUM_BODY}))(?!\w)")
+_LAST_NUM_RE = re.compile(rf"(?<![\w.])([+-]?(?:{_NUM_BODY})(?:[eE][+-]?\d{{1,6}})?)(?!\w)")
 
 
 def last_number(text: str):

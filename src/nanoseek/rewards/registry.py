@@ -14,6 +14,7 @@ from typing import Any, Mapping
 from nanoseek.errors import NanoseekError
 from nanoseek.rewards.base import RewardFn
 from nanoseek.rewards.countdown import countdown_reward
+from nanoseek.rewards.grading import GradeCounts
 from nanoseek.rewards.rules import accuracy_reward, format_reward, language_consistency_reward, overlong_penalty
 
 REWARDS: dict[str, RewardFn] = {
@@ -75,8 +76,9 @@ def combine_rewards(weights: Mapping[str, float], task=None, **options: Mapping[
     Range: the weighted sum of the parts' ranges. An item is ``None`` when any part with a non-zero
     weight is ``None`` for it (see ``weighted_sum``). The returned callable also exposes
     ``parts(completions, **columns) -> dict[name, list]`` for logging each component and
-    ``combine(parts) -> list`` to sum parts computed once. Every column, ``counts`` included (a
-    ``GradeCounts`` to add grading events to), reaches every part.
+    ``combine(parts) -> list`` to sum parts computed once. Every column reaches every part; so do
+    ``counts`` (a ``GradeCounts`` to add grading events to), each part getting the view that counts
+    its failures under its name here (``GradeCounts.for_reward``: ``reward_errors/<name>``).
     """
     fns = {}
     for name, w in weights.items():
@@ -87,7 +89,16 @@ def combine_rewards(weights: Mapping[str, float], task=None, **options: Mapping[
     floats = {name: w for name, (w, _) in fns.items()}
 
     def parts(completions, **columns) -> dict[str, list]:
-        return {name: fn(completions, **columns) for name, (w, fn) in fns.items()}
+        counts = columns.pop("counts", None)
+        out = {}
+        for name, (w, fn) in fns.items():
+            if isinstance(counts, GradeCounts):  # each part counts its failures under its own name
+                out[name] = fn(completions, counts=counts.for_reward(name), **columns)
+            elif counts is not None:
+                out[name] = fn(completions, counts=counts, **columns)
+            else:
+                out[name] = fn(completions, **columns)
+        return out
 
     def combine(values: Mapping[str, list]) -> list:
         """Weighted sum of already computed ``parts`` (None where a weighted part is None)."""

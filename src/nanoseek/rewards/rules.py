@@ -8,7 +8,9 @@ Rewards (each documents its range and source):
 
 Countdown's verifier is in ``nanoseek.rewards.countdown``; ``nanoseek.rewards.registry`` finds every
 reward by name and builds weighted sums (``combine_rewards({"accuracy": 1.0, "format": 0.5})``).
-Only ``accuracy_reward`` grades, so only it adds to the caller's ``counts`` (``GradeCounts``).
+Only ``accuracy_reward`` grades, so only it adds grading events to the caller's ``counts``
+(``GradeCounts``); every reward counts there the completions it failed to score
+(``GradeCounts.add_reward_error``: an exception turned into 0.0 is never silent).
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ def accuracy_reward(completions: Sequence, answer: Sequence[str], think_prefille
     ``\\boxed{}``, ``####``, "final answer:"); a completion without one gets 0.0 (counted as
     ``no_answer``), never a match against a number buried in its reasoning. Comparison is
     ``nanoseek.rewards.grading.grade`` (exact fast path, math-verify with a hard timeout for the rest).
-    Every grading event is added to ``counts`` when the caller passes one.
+    Every grading event is added to ``counts`` when the caller passes one; a completion the grader
+    failed on (an internal error, graded 0.0) is also counted as a reward error of ``"accuracy"``.
     """
     counts = GradeCounts() if counts is None else counts  # a caller without one does not read them
     n = len(completions)
@@ -56,9 +59,15 @@ def accuracy_reward(completions: Sequence, answer: Sequence[str], think_prefille
                 counts.add("no_answer")
                 out.append(0.0)
                 continue
-            out.append(grading.grade(pred, ref, counts=counts))
-        except Exception:
+            one = GradeCounts()  # this completion's events, to tell whether the grader failed on it
+            out.append(grading.grade(pred, ref, counts=one))
+            events = one.snapshot()
+            counts.merge(events)
+            if events["errors"]:
+                counts.add_reward_error("accuracy")
+        except Exception:  # never raise on model output: graded 0.0, counted
             counts.add("errors")
+            counts.add_reward_error("accuracy")
             out.append(0.0)
     return out
 
@@ -94,13 +103,15 @@ def follows_format(completion: str, think_prefilled: bool = False) -> bool:
     return not _TAG_RE.search(think) and not _TAG_RE.search(ans) and bool(ans.strip())
 
 
-def format_reward(completions: Sequence, think_prefilled: bool = False, **_) -> list[float]:
+def format_reward(completions: Sequence, think_prefilled: bool = False, counts: GradeCounts | None = None,
+                  **_) -> list[float]:
     """R1-Zero format reward: 1.0 when the completion is ``<think>…</think><answer>…</answer>``.
 
     Range: {0.0, 1.0}. Source: DeepSeek-R1 paper v1 §2.2.2 ("format reward ... enforces the model
     to put its thinking process between '<think>' and '</think>' tags") and the answer tags of the
     R1-Zero template (Table 1). Rules in ``follows_format``; ``think_prefilled`` (scalar or per
-    completion) says the template already opened ``<think>``.
+    completion) says the template already opened ``<think>``. A completion that cannot be checked
+    (an exception) scores 0.0 and is counted in ``counts`` as a reward error of ``"format"``.
     """
     n = len(completions)
     prefilled = per_item(think_prefilled, n)
@@ -108,8 +119,10 @@ def format_reward(completions: Sequence, think_prefilled: bool = False, **_) -> 
     for completion, pre in zip(completions, prefilled):
         try:
             ok = follows_format(completion_text(completion), bool(pre))
-        except Exception:
+        except Exception:  # never raise on model output: scored 0.0, counted
             ok = False
+            if counts is not None:
+                counts.add_reward_error("format")
         out.append(1.0 if ok else 0.0)
     return out
 
@@ -172,7 +185,8 @@ def language_share(text: str, language: str = "en") -> float:
 
 
 def language_consistency_reward(
-    completions: Sequence, think_prefilled: bool = False, language: str | Sequence[str] = "en", **_
+    completions: Sequence, think_prefilled: bool = False, language: str | Sequence[str] = "en",
+    counts: GradeCounts | None = None, **_
 ) -> list[float]:
     """Language consistency: the share of the chain of thought written in the target language.
 
@@ -182,7 +196,8 @@ def language_consistency_reward(
     there is no think block or it never closes; ``think_prefilled`` needs no special case). ``language``
     is a column or a scalar (default "en"; see ``LANGUAGE_SCRIPTS``); a CoT with no words scores 0.0
     (an empty CoT is not rewarded for being consistent). An unknown language raises ``ValueError``
-    (a configuration error).
+    (a configuration error); a completion that cannot be scored (another exception) gets 0.0 and is
+    counted in ``counts`` as a reward error of ``"language"``.
     """
     n = len(completions)
     langs = per_item(language, n)
@@ -196,7 +211,9 @@ def language_consistency_reward(
             out.append(language_share(text.replace("<think>", " "), lang or "en"))
         except ValueError:
             raise
-        except Exception:
+        except Exception:  # never raise on model output: scored 0.0, counted
+            if counts is not None:
+                counts.add_reward_error("language")
             out.append(0.0)
     return out
 

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
+from nanoseek.config import check_ranges
 from nanoseek.errors import NanoseekError
 from nanoseek.rl.advantages import SCALES
 from nanoseek.rl.grpo import LOSS_AGGREGATIONS
 from nanoseek.rl.presets import PRESET_NAMES, preset
 from nanoseek.train.optim import LR_SCHEDULES
+
+
+# What DAPO's dynamic sampling looks at (GRPOConfig.dynamic_sampling_metric; nanoseek.rl.rollout).
+DYNAMIC_SAMPLING_METRICS = ("accuracy", "reward")
 
 
 @dataclass
@@ -29,9 +35,13 @@ class GRPOConfig:
 
     The remaining knobs, each off (or the plain algorithm) by default:
 
-    * ``dynamic_sampling``: DAPO sec. 3.2, drop groups whose rewards are all equal and draw more
-      prompts (at most ``dynamic_sampling_max_rounds`` rounds of ``prompts_per_step``) until the
-      batch holds ``prompts_per_step`` groups.
+    * ``dynamic_sampling``: DAPO sec. 3.2, drop groups with no spread in
+      ``dynamic_sampling_metric`` and draw more prompts (at most ``dynamic_sampling_max_rounds``
+      rounds of ``prompts_per_step``) until the batch holds ``prompts_per_step`` groups. The metric
+      is ``"accuracy"`` (the default; DAPO eq. 11 keeps a prompt when ``0 < #correct < G``, i.e. its
+      accuracy rewards are not all 0 or all 1; verl's DAPO recipe ``filter_groups.metric: acc``
+      keeps a group whose accuracy has a non-zero std, the same rule for partial scores) or
+      ``"reward"`` (the combined reward, format included).
     * ``mask_truncated_completions``: DAPO sec. 3.4 overlong filtering (truncated completions
       leave the loss). ``overlong_buffer`` > 0: DAPO's soft overlong punishment
       (``nanoseek.rewards.rules.overlong_penalty`` with ``max_length = max_new_tokens``,
@@ -53,6 +63,15 @@ class GRPOConfig:
       ``nanoseek.policy.generate_static`` and score each prompt once per group
       (``nanoseek.model.hf_fast``); same numbers as the plain paths up to float rounding.
     * ``report_to``: also log to ``tensorboard`` and/or ``wandb`` (skipped when not installed).
+
+    Optimizer defaults and their sources: AdamW with ``nanoseek.train.optim.GRPO_BETAS`` (0.9, 0.999)
+    and eps 1e-8, ``weight_decay`` 0.0, ``grad_clip`` 1.0 and ``warmup_steps`` 0 are TRL's
+    ``GRPOTrainer`` defaults (``transformers.TrainingArguments``: ``adam_beta1/2``, ``adam_epsilon``,
+    ``weight_decay``, ``max_grad_norm``, ``warmup_steps``); no DeepSeek paper gives them for RL. A
+    constant rate (``min_lr_ratio`` 1.0) is DAPO sec. 4.1's ("constant learning rate"; DeepSeekMath
+    sec. 4.2 and R1-Nature give one rate and no schedule); TRL decays linearly to 0 instead. ``lr``
+    1e-3 has no source: it is nanoseek's value for the tiny CPU models of the tests (the papers'
+    1e-6 to 3e-6 are for 7B-671B models and come with the presets; the built-in recipes set their own).
     """
 
     steps: int = 100
@@ -82,6 +101,7 @@ class GRPOConfig:
     kl_importance_weight: bool = False  # plain k3 (DeepSeekMath eq. 4); True: DeepSeek-V3.2 / TRL 1.16
     dynamic_sampling: bool = False  # DAPO sec. 3.2
     dynamic_sampling_max_rounds: int = 10  # verl DAPO recipe max_num_gen_batches
+    dynamic_sampling_metric: str = "accuracy"  # DAPO eq. 11; verl filter_groups.metric = acc
     overlong_buffer: int = 0  # DAPO sec. 3.4 soft overlong punishment interval (DAPO sec. 4.1: 4096)
     minibatches_per_step: int = 1
     grad_accumulation_steps: int = 1
@@ -108,32 +128,44 @@ class GRPOConfig:
         return apply_grpo_preset(data)
 
     def __post_init__(self):
-        if self.group_size < 2:
-            raise NanoseekError(f"grpo.group_size must be >= 2 (a group of one has no relative advantage), got {self.group_size}")
+        check_ranges(self, "grpo", _RANGES)
+        check_ranges(self, "grpo", {"overlong_buffer": f"[0, {self.max_new_tokens}]"})  # within max_new_tokens
+        bad = {k: v for k, v in self.reward_weights.items()
+               if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)}
+        if bad:
+            raise NanoseekError(f"grpo.reward_weights must map reward names to finite numbers, got {bad}")
         if self.loss_type not in LOSS_AGGREGATIONS:  # registered names only: the trainer's normalisers read them
             raise NanoseekError(f"grpo.loss_type must be one of {', '.join(LOSS_AGGREGATIONS)}; got {self.loss_type!r}")
-        if self.mu < 1:
-            raise NanoseekError(f"grpo.mu must be >= 1, got {self.mu}")
         if self.preset is not None and self.preset not in PRESET_NAMES:
             raise NanoseekError(f"grpo.preset must be one of {', '.join(PRESET_NAMES)}; got {self.preset!r}")
         if self.scale_rewards not in SCALES:
             raise NanoseekError(f"grpo.scale_rewards must be one of {', '.join(SCALES)}; got {self.scale_rewards!r}")
+        if self.dynamic_sampling_metric not in DYNAMIC_SAMPLING_METRICS:
+            raise NanoseekError(f"grpo.dynamic_sampling_metric must be one of {', '.join(DYNAMIC_SAMPLING_METRICS)}; "
+                                f"got {self.dynamic_sampling_metric!r}")
+        if self.dynamic_sampling and self.dynamic_sampling_metric == "accuracy" and "accuracy" not in self.reward_weights:
+            raise NanoseekError("grpo.dynamic_sampling_metric = 'accuracy' needs an 'accuracy' reward in "
+                                "grpo.reward_weights (weight 0 is enough); or set dynamic_sampling_metric = 'reward'")
         if self.lr_schedule not in LR_SCHEDULES:
             raise NanoseekError(f"grpo.lr_schedule must be {' or '.join(LR_SCHEDULES)}; got {self.lr_schedule!r}")
-        for name in ("minibatches_per_step", "grad_accumulation_steps", "dynamic_sampling_max_rounds", "prompts_per_step"):
-            if getattr(self, name) < 1:
-                raise NanoseekError(f"grpo.{name} must be >= 1, got {getattr(self, name)}")
-        if not 0 <= self.overlong_buffer <= self.max_new_tokens:
-            raise NanoseekError(f"grpo.overlong_buffer must be in [0, max_new_tokens={self.max_new_tokens}], "
-                                f"got {self.overlong_buffer}")
         bad = [r for r in self.report_to if r not in ("tensorboard", "wandb")]
         if bad:
             raise NanoseekError(f"grpo.report_to: unknown logger(s) {bad}; known: tensorboard, wandb")
-        if self.lora_r < 0:
-            raise NanoseekError(f"grpo.lora_r must be >= 0, got {self.lora_r}")
         if not all(isinstance(s, str) and s for s in self.stop_strings):
             raise NanoseekError(f"grpo.stop_strings must be non-empty strings, got {self.stop_strings!r}")
 
+
+# The range of every numeric field, checked before anything is loaded (a negative step count or
+# learning rate is a one-line error, not a run). A group of one has no relative advantage;
+# epsilon_low has no upper bound: R1's clip ratio of 10 (presets.r1_zero) leaves the ratio unclipped below.
+_RANGES = {
+    "steps": ">= 1", "prompts_per_step": ">= 1", "group_size": ">= 2", "lr": "> 0", "min_lr_ratio": "[0, 1]",
+    "warmup_steps": ">= 0", "weight_decay": ">= 0", "beta": ">= 0", "epsilon_low": ">= 0", "epsilon_high": ">= 0",
+    "mu": ">= 1", "ref_reset_every": ">= 0", "max_new_tokens": ">= 1", "temperature": "> 0", "top_p": "(0, 1]",
+    "grad_clip": ">= 0", "eval_every": ">= 0", "max_prompt_length": ">= 1", "log_samples": ">= 0",
+    "dynamic_sampling_max_rounds": ">= 1", "overlong_buffer": ">= 0", "minibatches_per_step": ">= 1",
+    "grad_accumulation_steps": ">= 1", "lora_r": ">= 0", "lora_alpha": "> 0", "lora_dropout": "[0, 1)",
+}
 
 # preset key (nanoseek.rl.presets) -> GRPOConfig field. Left out on purpose: run-length and batch
 # keys a CPU recipe must choose itself (total_steps, batch_size), conventions fixed in the code

@@ -18,6 +18,8 @@ Metric names (one record per step in ``metrics.jsonl``):
   (DAPO sec. 3.1); ``ratio``: mean importance ratio;
 * ``grad_norm`` (before clipping), ``lr``, ``loss`` (uninformative, see above);
 * ``grader/{calls,timeouts,parse_failures}``: grader events this step (the step's ``nanoseek.rewards.grading.GradeCounts``);
+  ``reward/errors/<name>``: completions each reward function failed to score (an exception it
+  caught, scored 0); ``completion/unscored``: the largest share of completions one reward failed on;
 * ``sampling/{rounds,groups,kept_groups}``: dynamic sampling (DAPO sec. 3.2); ``data/position``;
 * ``tokens_per_s``, ``time/{rollout,reward,update}``: throughput and where the time went;
 * ``alarms``: names of the alarms that fired at this step (see :data:`ALARMS`).
@@ -40,11 +42,15 @@ ALARMS: dict[str, str] = {
                         "or raise grpo.temperature / grpo.beta",
     "grader_timeouts": "the grader timed out on {v:.0%} of its checks (graded 0): completions may be huge or "
                        "adversarial; shorten grpo.max_new_tokens or look at samples.jsonl",
+    "reward_errors": "a reward function failed to score {v:.1%} of the completions (scored 0 instead): see "
+                     "reward/errors/<name> in metrics.jsonl; a reward that raises on unusual completions "
+                     "needs fixing",
 }
 MOST = 0.5              # "most": more than half
 ENTROPY_FLOOR = 0.05    # nats per token, absolute
 ENTROPY_DROP = 0.1      # or below 10% of the first step's entropy
 TIMEOUT_SHARE = 0.05    # grader timeouts per grading call
+UNSCORED_SHARE = 0.01   # completions one reward function failed to score
 
 
 def rollout_metrics(sampled: list[dict], kept: list[dict], rounds: int, grader: dict) -> dict:
@@ -79,6 +85,11 @@ def rollout_metrics(sampled: list[dict], kept: list[dict], rounds: int, grader: 
     out["grader/timeouts"] = int(grader.get("timeouts", 0))
     out["grader/parse_failures"] = int(grader.get("parse_failures", 0))
     out["grader/calls"] = int(grader.get("calls", 0))
+    errors = dict.fromkeys(names, 0)
+    errors.update({k.split("/", 1)[1]: int(v) for k, v in grader.items() if k.startswith("reward_errors/")})
+    for name, v in errors.items():
+        out[f"reward/errors/{name}"] = v
+    out["completion/unscored"] = max(errors.values(), default=0) / max(1, n)
     out["sampling/rounds"] = rounds
     out["sampling/groups"] = len(sampled)
     out["sampling/kept_groups"] = len(kept)
@@ -110,6 +121,8 @@ class Alarms:
         calls = m.get("grader/calls", 0)
         if calls and m.get("grader/timeouts", 0) / calls > TIMEOUT_SHARE:
             values["grader_timeouts"] = m["grader/timeouts"] / calls
+        if m.get("completion/unscored", 0) > UNSCORED_SHARE:
+            values["reward_errors"] = m["completion/unscored"]
         new = [k for k in values if k not in self.fired]
         for k in new:
             self.fired.append(k)

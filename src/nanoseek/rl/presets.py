@@ -78,7 +78,7 @@ _PRESETS: dict[str, dict[str, tuple[object, str]]] = {
         "epsilon_high": (0.28, "DAPO §3.1 clip-higher: eps_high 0.28"),
         "loss_type": ("dapo", "DAPO §3.3 token-level policy-gradient loss"),
         "beta": (0.0, "DAPO §2.3: KL term removed"),
-        "dynamic_sampling": (True, "DAPO §3.2: drop groups whose rewards are all equal, resample"),
+        "dynamic_sampling": (True, "DAPO §3.2 eq. 11: drop groups whose accuracy is all 0 or all 1, resample"),
         "overlong_filtering": (True, "DAPO §3.4: mask truncated samples out of the loss"),
         "soft_overlong_punishment": (True, "DAPO §3.4: length penalty in the last overlong_buffer tokens"),
         "group_size": (16, "DAPO §4.1: 16 responses per prompt"),

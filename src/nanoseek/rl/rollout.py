@@ -7,10 +7,13 @@ dynamic sampling.
 * Seeds: completion ``j`` of the prompt with example index ``i`` in draw round ``r`` of step ``s``
   uses ``completion_seed(seed * 1_000_003 + s, i, j + G r)``, so a completion depends on neither the
   batch layout, the number of ranks, nor resumption.
-* Dynamic sampling (DAPO, Yu et al. 2025, sec. 3.2): groups whose valid rewards are all equal give
-  zero advantage; they are dropped and further rounds of ``prompts_per_step`` prompts are drawn
-  until ``prompts_per_step`` groups are kept (at most ``dynamic_sampling_max_rounds`` rounds; then
-  the step trains on what it has). Health metrics describe every sampled group, kept or not.
+* Dynamic sampling (DAPO, Yu et al. 2025, sec. 3.2, eq. 11): a group whose valid values of
+  ``grpo.dynamic_sampling_metric`` are all equal is dropped (:meth:`Group.uninformative`) and
+  further rounds of ``prompts_per_step`` prompts are drawn until ``prompts_per_step`` groups are kept
+  (at most ``dynamic_sampling_max_rounds`` rounds; then the step trains on what it has). The
+  default metric is the ``accuracy`` reward, as in the paper (all correct or all wrong); ``reward``
+  uses the combined reward, so a group of equal accuracy but different format rewards is kept.
+  Health metrics describe every sampled group, kept or not.
 * Stop strings end a completion right after the string (kept in the completion, like a stop
   token): online in the static-cache sampler, by truncating afterwards otherwise (the tokens before
   the cut are the same either way: each row's randomness is its own).
@@ -77,6 +80,12 @@ class TokenStopStrings:
         return c
 
 
+def flat(values: list) -> bool:
+    """True when the valid values (not None, not NaN) are all equal or fewer than two."""
+    vals = [float(v) for v in values if v is not None and v == v]
+    return len(vals) < 2 or max(vals) == min(vals)
+
+
 @dataclass
 class Group:
     """The ``G`` completions of one prompt, scored.
@@ -96,16 +105,22 @@ class Group:
     truncated: list[bool] = field(default_factory=list)
 
     def zero_spread(self) -> bool:
-        """All valid rewards equal (or fewer than two valid): the group carries no gradient."""
-        vals = [r for r in self.rewards if r is not None]
-        return len(vals) < 2 or max(vals) == min(vals)
+        """All valid combined rewards equal (or fewer than two valid): the group carries no gradient."""
+        return flat(self.rewards)
 
-    def summary(self, think_prefilled: bool) -> dict:
-        """What every rank needs for health metrics and logging (plain Python, picklable)."""
+    def uninformative(self, metric: str) -> bool:
+        """Whether DAPO's dynamic sampling drops the group: its valid ``metric`` values (``"accuracy"``:
+        the accuracy reward; ``"reward"``: the combined reward) are all equal, or fewer than two."""
+        return flat(self.rewards if metric == "reward" else self.parts["accuracy"])
+
+    def summary(self, think_prefilled: bool, metric: str | None = None) -> dict:
+        """What every rank needs for health metrics and logging (plain Python, picklable);
+        ``uninformative`` is :meth:`uninformative` for ``metric`` (False without dynamic sampling: None)."""
         return {"pos": self.pos, "idx": self.idx, "rewards": self.rewards, "parts": self.parts,
                 "lengths": [len(c.token_ids) for c in self.completions], "truncated": self.truncated,
                 "thinking": [bool((t := think_text(x, think_prefilled)) and t.strip()) for x in self.texts],
-                "text": self.texts[0], "zero_spread": self.zero_spread()}
+                "text": self.texts[0], "zero_spread": self.zero_spread(),
+                "uninformative": self.uninformative(metric) if metric else False}
 
 
 @dataclass
@@ -224,12 +239,13 @@ class RolloutCollector:
             self._score(groups, counts)
             t_gen += t1 - t0
             t_rew += time.perf_counter() - t1
-            summaries = [g.summary(self.policy.think_prefilled) for g in groups]
+            metric = cfg.dynamic_sampling_metric if cfg.dynamic_sampling else None
+            summaries = [g.summary(self.policy.think_prefilled, metric) for g in groups]
             round_all = [s for part in self.dist.all_gather_object(summaries) for s in part]  # stream order
             sampled.extend(round_all)
             mine = {g.pos: g for g in groups}
             for s in round_all:
-                if len(kept) < n and not (cfg.dynamic_sampling and s["zero_spread"]):
+                if len(kept) < n and not (cfg.dynamic_sampling and s["uninformative"]):
                     kept.append(s)
                     if s["pos"] in mine:
                         local.append(mine[s["pos"]])

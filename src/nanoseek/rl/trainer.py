@@ -5,7 +5,7 @@ One step (DeepSeek-R1 sec. 2.2.1; DeepSeekMath sec. 4.1):
 1. rollout (``nanoseek.rl.rollout``): take ``prompts_per_step`` prompts from the task's train
    split, sample ``group_size`` completions each with the current policy, score them with the
    task's rule-based reward functions weighted by ``reward_weights`` (DAPO dynamic sampling: drop
-   zero-spread groups and draw more);
+   groups whose accuracy, or ``dynamic_sampling_metric``, has zero spread and draw more);
 2. group-relative advantages (``nanoseek.rl.advantages``);
 3. update (``nanoseek.rl.update``): log-probs of the reference (``beta > 0``) and, for ``mu > 1``
    or several minibatches, of the rollout policy (the "old" policy); then ``mu`` passes of

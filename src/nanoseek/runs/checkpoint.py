@@ -20,7 +20,10 @@ NumPy's array and dtype rebuilders and nothing else.
 The folder is written under a temporary name and renamed when complete, then
 ``checkpoints/latest`` is updated: a crash at any moment leaves the previous checkpoint intact
 (``tests/test_resume.py`` kills a run with SIGKILL just before the rename and between steps, and
-checks the resumed run's metrics and weights against an uninterrupted run).
+checks the resumed run's metrics and weights against an uninterrupted run). A checkpoint damaged
+afterwards (a truncated ``model.safetensors``, a broken ``state.pt``, ``rng.pt`` or ``meta.json``)
+is passed over on resume: ``restore_newest`` says which file it could not read and falls back to
+the newest intact checkpoint (``tests/test_corruption.py``).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 
 from nanoseek.atomic import atomic_dir
 from nanoseek.errors import NanoseekError
@@ -49,6 +53,11 @@ PLAIN_SCALARS = (str, bytes, int, float, bool, type(None), torch.Size, torch.dty
 # Old rng.pt files (before the NumPy state became a list of ints) hold one uint32 array: these
 # rebuilders of an array and its dtype are the only globals the restricted loader then accepts.
 LEGACY_NUMPY_GLOBALS = [np.array(0).__reduce__()[0], np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
+class UnsafeCheckpointError(NanoseekError):
+    """A trainer-state file holds Python objects that could run code: refused, and never passed
+    over for an older checkpoint (a planted file is not damage; the user must look)."""
 
 
 def rng_state() -> dict:
@@ -104,9 +113,14 @@ def load_plain(path: Path, allow: list | tuple = ()) -> Any:
             return torch.load(path, weights_only=True)
     except Exception as e:  # any failure to read the file becomes one line naming it
         first = (str(e).strip().splitlines() or ["empty or truncated file"])[0]
+        # a pickle naming a class or function (the only way one runs code) is refused; other
+        # failures of the loader (an unknown opcode in garbage bytes) are damage
+        if isinstance(e, pickle.UnpicklingError) and "Unsupported global" in str(e):
+            raise UnsafeCheckpointError(f"refused to load {path}: it holds Python objects other than tensors and plain "
+                                        "data, which could run code (nanoseek never writes such a file)") from None
         if isinstance(e, pickle.UnpicklingError) and first.startswith("Weights only load failed"):
-            raise NanoseekError(f"refused to load {path}: it holds Python objects other than tensors and plain "
-                                "data, which could run code (nanoseek never writes such a file)") from None
+            detail = next((line.strip() for line in str(e).splitlines() if line.strip().startswith("Unsupported")), first)
+            raise NanoseekError(f"cannot read {path}: not a trainer-state file ({detail})") from None
         raise NanoseekError(f"cannot read {path}: {type(e).__name__}: {first}") from None
 
 
@@ -157,7 +171,15 @@ def load_trainer_state(checkpoint: Path) -> tuple[dict, dict, dict]:
     ts = Path(checkpoint) / "trainer_state"
     state = load_plain(ts / "state.pt")
     rng = load_plain(ts / "rng.pt", allow=LEGACY_NUMPY_GLOBALS)
-    meta = json.loads((ts / "meta.json").read_text())
+    try:
+        meta = json.loads((ts / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise NanoseekError(f"cannot read {ts / 'meta.json'}: {type(e).__name__}: {e}") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("step"), int):
+        raise NanoseekError(f"cannot read {ts / 'meta.json'}: it holds no integer 'step'")
+    for name, value in (("state.pt", state), ("rng.pt", rng)):
+        if not isinstance(value, dict):
+            raise NanoseekError(f"cannot read {ts / name}: it holds a {type(value).__name__}, not a dict")
     return state, rng, meta
 
 
@@ -168,19 +190,58 @@ def load_weights_into(model, checkpoint: Path) -> None:
     if (checkpoint / ADAPTER_WEIGHTS).is_file():
         if not is_lora(model):
             raise NanoseekError(f"{checkpoint} holds a LoRA adapter; the model has none (set grpo.lora_r)")
-        load_adapter_into(model, checkpoint)
+        try:
+            load_adapter_into(model, checkpoint)
+        except SafetensorError as e:
+            raise NanoseekError(f"cannot read {checkpoint / ADAPTER_WEIGHTS}: {e}") from None
         return
     model.load_state_dict(load_model(checkpoint).state_dict())
 
 
-def resume_from_latest(run, model, optimizer) -> int:
-    """Continue from ``run``'s newest checkpoint, if any: load the weights into ``model``, the
-    optimizer and every RNG state, drop log lines written after it; return its step (0 if none)."""
+def restore_newest(run, load_weights: Callable[[Path], None]) -> tuple[Path, dict, dict, dict] | None:
+    """The newest intact checkpoint of ``run`` as ``(folder, state, rng, meta)``, its weights
+    already loaded by ``load_weights(folder)``; None when there is no checkpoint.
+
+    Candidates are the one ``checkpoints/latest`` names, then the older ones, newest first. A
+    candidate whose trainer state or weights cannot be read (``NanoseekError``: truncated, garbled)
+    is passed over with a printed line naming the file, and the next older one is tried; a refused
+    one (``UnsafeCheckpointError``: a pickle that could run code) stops the resume instead.
+    When every one is damaged, a line says so and None is returned (the caller starts again from
+    the beginning). ``load_weights`` raises before changing the model, so a damaged candidate
+    leaves it as it was.
+    """
     latest = run.latest_checkpoint()
     if latest is None:
+        return None
+    newest = run.latest_step()
+    older = [p for step, p in reversed(run.checkpoints()) if step < newest]
+    for folder in [latest, *older]:
+        try:
+            state, rng, meta = load_trainer_state(folder)
+            load_weights(folder)
+        except UnsafeCheckpointError:
+            raise
+        except NanoseekError as e:
+            print(f"[nanoseek] checkpoint {folder.name} is damaged ({e}); trying an older one", flush=True)
+            continue
+        if folder != latest:
+            print(f"[nanoseek] resuming from {folder.name}, the newest intact checkpoint; the damaged ones "
+                  "after it are written again as training reaches them", flush=True)
+        return folder, state, rng, meta
+    print(f"[nanoseek] no intact checkpoint in {run.checkpoints_path}: training starts again from step 0",
+          flush=True)
+    return None
+
+
+def resume_from_latest(run, model, optimizer) -> int:
+    """Continue from ``run``'s newest intact checkpoint (``restore_newest``), if any: load the
+    weights into ``model``, the optimizer and every RNG state, drop log lines written after it;
+    return its step (0 if none: log lines of later steps are dropped, as they are redone)."""
+    found = restore_newest(run, lambda folder: load_state_into(model, folder))
+    if found is None:
+        run.truncate_logs_after(0)
         return 0
-    load_state_into(model, latest)
-    state, rng, meta = load_trainer_state(latest)
+    _, state, rng, meta = found
     optimizer.load_state_dict(state["optimizer"])
     set_rng_state(rng)
     run.truncate_logs_after(meta["step"])

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from nanoseek.atomic import atomic_write_text
+from nanoseek.errors import NanoseekError
 from nanoseek.runs.rundir import RunDir
 
 __all__ = ["markdown_table", "write_report", "format_duration", "BEFORE_AFTER_ROWS"]
@@ -189,7 +190,8 @@ def write_report(
     facts.append(f"wall time: **{format_duration(wall)}**")
     lines += [" · ".join(facts), ""]
     if summary.get("command"):
-        lines += ["```bash", str(summary["command"]), "```", ""]
+        resumed = [f"# resumed with: {c}" for c in run_dir.commands()[1:]]
+        lines += ["```bash", str(summary["command"]), *resumed, "```", ""]
 
     lines += ["## Before and after", "", _before_after(summary)]
     if notes:
@@ -215,8 +217,9 @@ def write_report(
     if config is None:
         try:
             config = run_dir.read_config()
-        except Exception:  # a report must still be written without a readable config
+        except (NanoseekError, OSError) as e:  # a report is still written, saying why the config is missing
             config = None
+            lines += ["## Configuration", "", f"Not shown: {e}", ""]
     if config:
         items = _flatten(config)
         shown = [(k, v if isinstance(v, (str, int, float, bool)) or v is None else str(v))

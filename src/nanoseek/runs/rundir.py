@@ -10,6 +10,7 @@ Layout (``RUN_DIR/``)::
     plots/               reward.png, accuracy.png, length.png, ...
     report.md            what a person reads first
     summary.json         the final numbers (base vs. final, wall time, steps)
+    commands.json        the command that started the run, then each command that resumed it
 
 Everything here is crash-safe: log lines are flushed and fsync'ed as they are appended, whole
 files are replaced atomically (``nanoseek.atomic``), and a checkpoint directory only appears
@@ -21,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import math
 import os
 import re
 import time
@@ -31,134 +31,14 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from nanoseek.atomic import atomic_dir, atomic_write_bytes, atomic_write_json, atomic_write_text, clear_temporaries
+from nanoseek.atomic import fsync_dir, remove_path
 from nanoseek.errors import NanoseekError
-from nanoseek.atomic import TMP_PREFIX, atomic_dir, atomic_write_bytes, atomic_write_json
-from nanoseek.atomic import atomic_write_text, fsync_dir, remove_path
+from nanoseek.runs.plain import drop_none, dumps_toml, to_jsonable
 
 __all__ = ["RunDir", "default_path", "dumps_toml", "is_run_dir", "to_jsonable"]
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
-
-
-# --------------------------------------------------------------------------- value conversion
-
-
-def to_jsonable(value: Any) -> Any:
-    """Convert ``value`` into plain JSON types, recursively.
-
-    torch tensors and numpy scalars/arrays become Python numbers or nested lists (via their
-    ``tolist()``), ``Path`` becomes ``str``, tuples and sets become lists, dataclasses become dicts,
-    and non-finite floats (nan, ±inf) become ``None`` so every line is strict JSON that any
-    reader (a browser included) can parse. Raises ``TypeError`` for anything else.
-    """
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [to_jsonable(v) for v in value]
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return to_jsonable(dataclasses.asdict(value))
-    tolist = getattr(value, "tolist", None)  # torch.Tensor, numpy scalar / ndarray
-    if callable(tolist):
-        if hasattr(value, "detach"):
-            value = value.detach().cpu()
-            tolist = value.tolist
-        return to_jsonable(tolist())
-    raise TypeError(f"cannot store a value of type {type(value).__name__} as JSON: {value!r}")
-
-
-# --------------------------------------------------------------------------- a tiny TOML writer
-
-_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
-
-
-def _toml_key(key: str) -> str:
-    return key if _BARE_KEY.match(key) else _toml_str(key)
-
-
-def _toml_str(s: str) -> str:
-    # A JSON string is a valid TOML basic string except for DEL, which TOML wants escaped.
-    return json.dumps(s, ensure_ascii=False).replace("\x7f", "\\u007F")
-
-
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, float):
-        if math.isnan(v):
-            return "nan"
-        if math.isinf(v):
-            return "inf" if v > 0 else "-inf"
-        return repr(v)
-    if isinstance(v, str):
-        return _toml_str(v)
-    if isinstance(v, list):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(x)}" for k, x in v.items()) + "}"
-    raise TypeError(f"TOML cannot hold a value of type {type(v).__name__}: {v!r}")
-
-
-def _is_table_array(v: Any) -> bool:
-    return isinstance(v, list) and bool(v) and all(isinstance(x, dict) for x in v)
-
-
-def _dump_table(table: dict, prefix: list[str], out: list[str]) -> None:
-    # TOML needs a table's plain keys before its sub-tables and arrays of tables.
-    for k, v in table.items():
-        if v is None:  # TOML has no null: an unset field is left out (its default applies)
-            out.append(f"# {_toml_key(k)} is unset (None)")
-        elif not isinstance(v, dict) and not _is_table_array(v):
-            out.append(f"{_toml_key(k)} = {_toml_value(v)}")
-    for k, v in table.items():
-        path = prefix + [_toml_key(k)]
-        if isinstance(v, dict):
-            out.extend(["", f"[{'.'.join(path)}]"])
-            _dump_table(v, path, out)
-        elif _is_table_array(v):
-            for item in v:
-                out.extend(["", f"[[{'.'.join(path)}]]"])
-                _dump_table(item, path, out)
-
-
-def dumps_toml(data: Mapping[str, Any]) -> str:
-    """Serialise a nested dict of str/int/float/bool/list/dict as TOML text.
-
-    Values go through ``to_jsonable`` first (so paths, tuples, numpy scalars are fine), except that
-    non-finite floats are kept (TOML has ``nan`` and ``inf``). TOML has no null: a ``None`` value
-    in a table is left out (a comment marks it), so loading gives the dataclass default, which
-    for nanoseek's optional fields is ``None``. Raises ``TypeError`` for ``None`` inside a list or
-    another value TOML cannot hold. Otherwise ``tomllib.loads(dumps_toml(d)) == d``.
-    """
-
-    def _plain(v: Any, in_list: bool) -> Any:  # like to_jsonable, but keeps nan/inf
-        if v is None and in_list:
-            raise TypeError("TOML cannot hold None inside a list")
-        if v is None or isinstance(v, (bool, int, float, str)):
-            return v
-        if isinstance(v, Mapping):
-            return {str(k): _plain(x, False) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [_plain(x, True) for x in v]
-        return _plain(to_jsonable(v), in_list)  # a path, a numpy/torch scalar, a dataclass, ...
-
-    out: list[str] = []
-    _dump_table(_plain(dict(data), False), [], out)
-    return "\n".join(out).lstrip("\n") + "\n"
-
-
-def _drop_none(v: Any) -> Any:
-    """``v`` with None-valued table entries removed: the form a TOML round trip gives."""
-    if isinstance(v, dict):
-        return {k: _drop_none(x) for k, x in v.items() if x is not None}
-    return [_drop_none(x) for x in v] if isinstance(v, list) else v
 
 
 # --------------------------------------------------------------------------- the run directory
@@ -258,10 +138,13 @@ class RunDir:
 
         With ``resume=True``, ``path`` must hold a run (a config file). If ``config`` is given and
         differs from the stored one, it replaces it and the previous one is kept as
-        ``config.previous.toml`` (or ``.json``); ``config=None`` keeps the stored config.
+        ``config.previous.toml`` (or ``.json``); ``config=None`` keeps the stored config. The
+        temporary files and folders a killed run left (``nanoseek.atomic.clear_temporaries``) are
+        removed from the run directory, ``checkpoints/`` and ``plots/``.
 
         Raises ``NanoseekError`` if ``path`` is a file, if it is a non-empty directory and
-        ``resume`` is false, or if ``resume`` is true and ``path`` or its config is missing.
+        ``resume`` is false, or if ``resume`` is true and ``path`` or its config is missing or
+        unreadable (an empty, binary or malformed config is never replaced).
         """
         path = Path(path)
         if path.exists() and not path.is_dir():
@@ -285,10 +168,12 @@ class RunDir:
                 f"cannot resume: {path} has no config.toml or config.json, so it is not a "
                 "nanoseek run directory"
             )
+        stored = drop_none(run.read_config())  # first: an unreadable config stops here, untouched
         run.checkpoints_path.mkdir(exist_ok=True)
         run.plots_dir.mkdir(exist_ok=True)
-        stored = _drop_none(run.read_config())
-        if config is not None and _drop_none(to_jsonable(config)) != stored:
+        for folder in (run.path, run.checkpoints_path, run.plots_dir):
+            clear_temporaries(folder)
+        if config is not None and drop_none(to_jsonable(config)) != stored:
             old_path = run.config_path  # keep a copy first: a crash must leave a config behind
             prev = old_path.with_name(f"config.previous{old_path.suffix}")
             atomic_write_bytes(prev, old_path.read_bytes())
@@ -320,17 +205,49 @@ class RunDir:
     def read_config(self) -> dict:
         """Read the stored config (TOML via ``tomllib``, or JSON).
 
-        Raises ``NanoseekError`` if there is none or it cannot be parsed.
+        Raises ``NanoseekError`` (one line naming the file) if there is none, or it is empty, not
+        UTF-8 text, not valid TOML/JSON or not a table: a run never continues on defaults
+        standing in for a config it cannot read.
         """
         path = self.config_path
         if not path.exists():
             raise NanoseekError(f"{self.path} has no config.toml or config.json")
         try:
-            if path.suffix == ".json":
-                return json.loads(path.read_text(encoding="utf-8"))
-            return tomllib.loads(path.read_text(encoding="utf-8"))
+            text = path.read_text(encoding="utf-8")
+            data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+        except UnicodeDecodeError:
+            raise NanoseekError(f"cannot read {path}: it is not UTF-8 text (a damaged file?)") from None
         except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
-            raise NanoseekError(f"cannot parse {path}: {e}") from e
+            raise NanoseekError(f"cannot parse {path}: {e}") from None
+        except OSError as e:
+            raise NanoseekError(f"cannot read {path}: {e.strerror or e}") from None
+        if not isinstance(data, dict):
+            raise NanoseekError(f"cannot parse {path}: it holds a {type(data).__name__}, not a table")
+        if not data:
+            raise NanoseekError(f"{path} is empty: restore the run's config (a copy is in each checkpoint's "
+                                "trainer_state/) or start a new run")
+        return data
+
+    # ---------------------------------------------------------------- commands
+    @property
+    def commands_path(self) -> Path:
+        """``commands.json``: the command that started the run, then each one that resumed it."""
+        return self.path / "commands.json"
+
+    def commands(self) -> list[str]:
+        """The commands recorded by ``record_command``, the original first (empty when none)."""
+        try:
+            data = json.loads(self.commands_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return []  # none yet (or unreadable: the next record_command writes it anew)
+        return [c for c in data if isinstance(c, str)] if isinstance(data, list) else []
+
+    def record_command(self, command: str) -> list[str]:
+        """Append ``command`` to ``commands.json`` (atomically) and return every recorded command,
+        the one that started the run first: reports show that one, not the last ``--resume``."""
+        commands = self.commands() + [command]
+        atomic_write_json(self.commands_path, commands)
+        return commands
 
     # ---------------------------------------------------------------- logs
     def log_metrics(self, record: Mapping[str, Any]) -> None:
@@ -378,15 +295,36 @@ class RunDir:
         file is rewritten atomically; malformed (torn) lines are dropped too; records without a
         step are kept.
         """
-        for path in (self.metrics_path, self.samples_path):
+        self.drop_records(lambda r: isinstance(r.get("step"), (int, float)) and r["step"] > step)
+
+    def put_metrics(self, record: Mapping[str, Any], replaces) -> None:
+        """Log ``record`` in place of the first metrics record for which ``replaces(r)`` is true (the
+        others that match go): a value redone after a resume keeps its place in the file. Without a
+        match it is appended, as ``log_metrics`` does."""
+        records = self.read_metrics()
+        first = next((i for i, r in enumerate(records) if replaces(r)), None)
+        if first is None:
+            self.log_metrics(record)
+            return
+        lines = [json.dumps(to_jsonable(dict(record)) if i == first else r, ensure_ascii=False)
+                 for i, r in enumerate(records) if i == first or not replaces(r)]
+        atomic_write_text(self.metrics_path, "".join(line + "\n" for line in lines))
+
+    def drop_records(self, drop, samples: bool = True) -> int:
+        """Remove the records for which ``drop(record)`` is true from metrics.jsonl (and
+        samples.jsonl unless ``samples`` is false), rewriting each file atomically only when
+        something goes (malformed lines go too); return how many records went."""
+        gone = 0
+        for path in (self.metrics_path, self.samples_path) if samples else (self.metrics_path,):
             if not path.exists():
                 continue
-            kept = [
-                json.dumps(r, ensure_ascii=False)
-                for r in _read_jsonl(path)
-                if not isinstance(r.get("step"), (int, float)) or r["step"] <= step
-            ]
-            atomic_write_text(path, "".join(line + "\n" for line in kept))
+            lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            records = _read_jsonl(path)
+            kept = [json.dumps(r, ensure_ascii=False) for r in records if not drop(r)]
+            if len(kept) != len(lines):
+                gone += len(records) - len(kept)
+                atomic_write_text(path, "".join(line + "\n" for line in kept))
+        return gone
 
     # ---------------------------------------------------------------- checkpoints
     def checkpoint_dir(self, step: int) -> Path:
@@ -462,11 +400,7 @@ class RunDir:
                 continue
             remove_path(p)
             removed.append(p)
-        for p in self.checkpoints_path.glob(f"{TMP_PREFIX}*"):  # .tmp-<name>-<pid>[-old]
-            pid = p.name.removesuffix("-old").rsplit("-", 1)[-1]
-            stale = pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid))
-            if stale and p.is_dir():
-                remove_path(p)
+        clear_temporaries(self.checkpoints_path)
         return removed
 
     # ---------------------------------------------------------------- summary
@@ -480,15 +414,3 @@ class RunDir:
             return None
         return json.loads(self.summary_path.read_text(encoding="utf-8"))
 
-
-def _pid_alive(pid: int) -> bool:
-    """Whether a process with this id exists (conservatively True when it cannot be told)."""
-    if os.name == "nt":  # os.kill(pid, 0) would terminate the process there
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # PermissionError: it exists but belongs to someone else
-        pass
-    return True

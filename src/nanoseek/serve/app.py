@@ -9,9 +9,14 @@ Routes (``/v1`` optional, as on api.deepseek.com, DEEPSEEK.md §3):
 * ``GET /v1/models``, ``GET /health``, and the web app at ``/`` (plain files in ``static/``).
 
 Every bad request gets a 4xx OpenAI-shaped error (``protocol.APIError``) and nothing is streamed
-before the request is known to be good (prompt length included). A stream ends its generation when
-the client goes away: the response's ``finally`` cancels the request and the stream also polls
-``request.is_disconnected()`` while it waits, so the engine drops the rows at its next step.
+before the request is known to be good (prompt length included); an unexpected failure is a JSON
+500 of the same shape and the connection stays usable (``ErrorGuard``). One request cannot freeze
+the others: a body over ``max_request_bytes`` is refused with 413 as soon as its ``Content-Length``
+(or, for a chunked body, its running size) says so, and parsing, the chat template and tokenization
+run in a worker thread (``intake.prepare``), not on the event loop that carries the streams.
+A generation ends when its client goes away, streamed or not: a task waits for the ASGI
+``http.disconnect`` message, cancels the request (the engine drops its rows at the next step) and
+wakes the response with a ``None`` event.
 FastAPI/uvicorn are imported here only (STYLE lesson 10).
 """
 
@@ -20,8 +25,10 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -29,16 +36,17 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from nanoseek.serve import protocol as P
-from nanoseek.serve.chat_model import ChatModel, PromptError
-from nanoseek.serve.engine import ChoiceEvent, Engine, GenerationRequest, RequestHandle
+from nanoseek.serve.chat_model import ChatModel
+from nanoseek.serve.engine import ChoiceEvent, Engine, RequestHandle
+from nanoseek.serve.intake import DEFAULT_MAX_REQUEST_BYTES, prepare, too_large
 from nanoseek.serve.reasoning import collect
 
 STATIC = Path(__file__).parent / "static"
-POLL_S = 0.25  # how often a waiting response checks that its client is still there
+log = logging.getLogger("nanoseek.serve")
 
 
 def check_auth(request: Request, api_key: str | None) -> None:
@@ -54,19 +62,28 @@ def check_auth(request: Request, api_key: str | None) -> None:
 
 
 def create_app(chat_model: ChatModel, api_key: str | None = None, max_batch: int = 64,
-               engine: Engine | None = None) -> FastAPI:
-    """Build the FastAPI app for ``chat_model``; the engine thread runs while the app is up."""
+               engine: Engine | None = None, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> FastAPI:
+    """Build the FastAPI app for ``chat_model``; the engine thread runs while the app is up.
+    Request bodies over ``max_request_bytes`` get a 413."""
+    if max_request_bytes < 1:
+        raise ValueError(f"max_request_bytes must be at least 1, got {max_request_bytes}")
     engine = engine or chat_model.engine(max_batch=max_batch)
     created = P.now()
 
     @asynccontextmanager
     async def lifespan(app):
+        # one intake thread: prompts are tokenized one at a time, never on the event loop, using at
+        # most one core (a Hugging Face fast tokenizer can also fail with "Already borrowed" when two
+        # threads use it at once)
+        app.state.intake = ThreadPoolExecutor(1, thread_name_prefix="nanoseek-intake")
         engine.start()
         yield
         engine.shutdown()
+        app.state.intake.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="nanoseek", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.engine, app.state.chat_model = engine, chat_model
+    app.add_middleware(ErrorGuard)
 
     @app.exception_handler(P.APIError)
     async def _api_error(request: Request, e: P.APIError):
@@ -90,23 +107,10 @@ def create_app(chat_model: ChatModel, api_key: str | None = None, max_batch: int
     @app.post("/chat/completions")
     async def chat_completions(request: Request):
         check_auth(request, api_key)
-        req = await parse_request(request)
-        if req.model is not None and req.model != chat_model.name:
-            raise P.APIError(404, f"The model `{req.model}` does not exist. This server serves `{chat_model.name}`.",
-                             param="model", code="model_not_found")
-        try:
-            ids = chat_model.encode([{"role": m.role, "content": m.text()} for m in req.messages])
-        except PromptError as e:
-            raise P.APIError(400, str(e), param="messages") from None
-        ctx = chat_model.context_length
-        if len(ids) >= ctx:
-            raise P.APIError(400, f"This model's maximum context length is {ctx} tokens. However, your messages "
-                             f"resulted in {len(ids)} tokens.", param="messages", code="context_length_exceeded")
-        limit = req.token_limit()
-        gen = GenerationRequest(ids, min(limit or ctx, ctx - len(ids)), req.n,
-                                1.0 if req.temperature is None else float(req.temperature),
-                                1.0 if req.top_p is None else float(req.top_p), req.stop or [], req.seed)
-        handle = engine.submit(gen)
+        body = await read_body(request, max_request_bytes)
+        prepared = await asyncio.get_running_loop().run_in_executor(app.state.intake, prepare, chat_model, body)
+        req = prepared.request
+        handle = engine.submit(prepared.generation)
         meta = (P.new_id(), P.now(), chat_model.name)
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
@@ -125,48 +129,60 @@ def create_app(chat_model: ChatModel, api_key: str | None = None, max_batch: int
     return app
 
 
-async def parse_request(request: Request) -> P.ChatCompletionRequest:
-    """Body -> request model; any problem is a 400 naming the parameter."""
-    body = await request.body()
-    try:
-        data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
-        raise P.APIError(400, f"The request body is not valid JSON: {e}", code="invalid_json") from None
-    if not isinstance(data, dict):
-        raise P.APIError(400, "The request body must be a JSON object.", code="invalid_json")
-    try:
-        return P.ChatCompletionRequest.model_validate(data)
-    except ValidationError as e:
-        err = e.errors()[0]
-        param = _param(err.get("loc", ()))
-        msg = err.get("msg", "invalid value")
-        if err.get("type") == "missing":
-            msg = "is required"
-        raise P.APIError(400, f"Invalid parameter `{param}`: {msg}.", param=param, code="invalid_value") from None
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with a 413 as soon as it is known to exceed ``limit`` bytes: from
+    ``Content-Length`` before reading any of it, else (chunked) once the bytes read pass the limit."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large(limit)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
-def _param(loc) -> str:
-    """pydantic ``loc`` -> ``messages[0].role`` (union-member names such as ``str`` dropped)."""
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif part in ("str", "list[TextPart]", "int", "float", "constrained-int", "constrained-float") or "[" in str(part):
-            continue
-        else:
-            out += ("." if out else "") + str(part)
-    return out or "body"
+class ErrorGuard:
+    """ASGI middleware: an exception no route turned into a response becomes a 500 in OpenAI's error
+    shape. (Starlette's own handler answers in plain text and re-raises, and uvicorn then closes
+    the connection, so a keep-alive client loses its next requests too.) Once a response has
+    started the exception goes on as before: a half-sent response cannot be repaired."""
 
+    def __init__(self, app) -> None:
+        self.app = app
 
-async def next_event(request: Request, handle: RequestHandle) -> ChoiceEvent | None:
-    """The request's next event, or None once the client has disconnected."""
-    while True:
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_tracked(message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
         try:
-            return await asyncio.wait_for(handle.events.get(), POLL_S)
-        except asyncio.TimeoutError:
-            if await request.is_disconnected():
-                handle.cancel()
-                return None
+            await self.app(scope, receive, send_tracked)
+        except ClientDisconnect:
+            return  # gone while sending its body: nobody to answer
+        except Exception:
+            if started:
+                raise
+            log.exception("request failed")
+            body = P.error_body("The server had an error while processing your request.", type="server_error")
+            await JSONResponse(body, status_code=500)(scope, receive, send)
+
+
+async def watch_disconnect(request: Request, handle: RequestHandle) -> None:
+    """Wait for the client to go away (the ASGI ``http.disconnect`` message, which arrives once the
+    body has been read), then cancel the request and wake its reader with a ``None`` event."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    handle.cancel()
+    handle.events.put_nowait(None)
 
 
 async def complete(request: Request, handle: RequestHandle, meta) -> JSONResponse:
@@ -176,17 +192,21 @@ async def complete(request: Request, handle: RequestHandle, meta) -> JSONRespons
     deltas = [[] for _ in range(n)]
     finish: list[str | None] = [None] * n
     ctoks = rtoks = 0
-    while sum(f is not None for f in finish) < n:
-        ev = await next_event(request, handle)
-        if ev is None:
-            return JSONResponse(P.error_body("client disconnected"), status_code=499)
-        if ev.error:
-            return JSONResponse(P.error_body(ev.error, type="server_error"), status_code=500)
-        deltas[ev.index].extend(ev.deltas)
-        if ev.finish_reason:
-            finish[ev.index] = ev.finish_reason
-            ctoks += ev.completion_tokens
-            rtoks += ev.reasoning_tokens
+    watcher = asyncio.create_task(watch_disconnect(request, handle))
+    try:
+        while sum(f is not None for f in finish) < n:
+            ev: ChoiceEvent | None = await handle.events.get()
+            if ev is None:
+                return JSONResponse(P.error_body("client disconnected"), status_code=499)
+            if ev.error:
+                return JSONResponse(P.error_body(ev.error, type="server_error"), status_code=500)
+            deltas[ev.index].extend(ev.deltas)
+            if ev.finish_reason:
+                finish[ev.index] = ev.finish_reason
+                ctoks += ev.completion_tokens
+                rtoks += ev.reasoning_tokens
+    finally:
+        watcher.cancel()
     choices = []
     for i in range(n):
         reasoning, content = collect(deltas[i])
@@ -201,26 +221,30 @@ def _sse(obj) -> str:
 async def sse_events(request: Request, handle: RequestHandle, meta, include_usage: bool):
     cid, created, model = meta
     n = handle.req.n
-    yield "".join(_sse(P.chunk(cid, created, model, i, P.role_delta())) for i in range(n))
-    done = ctoks = rtoks = 0
-    while done < n:
-        ev = await next_event(request, handle)
-        if ev is None:
-            return
-        if ev.error:
-            yield _sse(P.error_body(ev.error, type="server_error")) + "data: [DONE]\n\n"
-            return
-        parts = [_sse(P.chunk(cid, created, model, ev.index, P.text_delta(d.kind, d.text))) for d in ev.deltas]
-        if ev.finish_reason:
-            parts.append(_sse(P.chunk(cid, created, model, ev.index, {}, ev.finish_reason)))
-            done += 1
-            ctoks += ev.completion_tokens
-            rtoks += ev.reasoning_tokens
-        if parts:
-            yield "".join(parts)
-    if include_usage:
-        yield _sse(P.usage_chunk(cid, created, model, P.usage(len(handle.req.prompt_ids), ctoks, rtoks)))
-    yield "data: [DONE]\n\n"
+    watcher = asyncio.create_task(watch_disconnect(request, handle))
+    try:
+        yield "".join(_sse(P.chunk(cid, created, model, i, P.role_delta())) for i in range(n))
+        done = ctoks = rtoks = 0
+        while done < n:
+            ev = await handle.events.get()
+            if ev is None:
+                return
+            if ev.error:
+                yield _sse(P.error_body(ev.error, type="server_error")) + "data: [DONE]\n\n"
+                return
+            parts = [_sse(P.chunk(cid, created, model, ev.index, P.text_delta(d.kind, d.text))) for d in ev.deltas]
+            if ev.finish_reason:
+                parts.append(_sse(P.chunk(cid, created, model, ev.index, {}, ev.finish_reason)))
+                done += 1
+                ctoks += ev.completion_tokens
+                rtoks += ev.reasoning_tokens
+            if parts:
+                yield "".join(parts)
+        if include_usage:
+            yield _sse(P.usage_chunk(cid, created, model, P.usage(len(handle.req.prompt_ids), ctoks, rtoks)))
+        yield "data: [DONE]\n\n"
+    finally:
+        watcher.cancel()
 
 
 class _EngineStream(StreamingResponse):

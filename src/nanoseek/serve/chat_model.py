@@ -17,10 +17,11 @@ from pathlib import Path
 import torch
 
 from nanoseek.errors import NanoseekError
-from nanoseek.model.load import load_model, resolve_model_dir
+from nanoseek.model.load import resolve_model_dir
+from nanoseek.policy.policy import load_model_and_tokenizer
 from nanoseek.serve.engine import Engine
 from nanoseek.serve.runner import ModelRunner
-from nanoseek.tokenizer import (ANSWER_CLOSE, ANSWER_OPEN, load_tokenizer, stop_token_ids, strip_reasoning,
+from nanoseek.tokenizer import (ANSWER_CLOSE, ANSWER_OPEN, stop_token_ids, strip_reasoning,
                                 template_prefills_think)
 
 
@@ -66,9 +67,8 @@ class ChatModel:
         ``device`` ("auto": CUDA when available)."""
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        folder = resolve_model_dir(path)
-        model = load_model(path, device=device)
-        return cls(model, load_tokenizer(folder), name or default_name(path, folder), **kwargs)
+        model, tokenizer = load_model_and_tokenizer(path, device)
+        return cls(model, tokenizer, name or default_name(path, resolve_model_dir(path)), **kwargs)
 
     def decode(self, ids: list[int]) -> str:
         """Completion text for token ids (special tokens skipped; nanoseek's tags are not special)."""

@@ -58,12 +58,13 @@ class ChoiceEvent:
 
 
 class RequestHandle:
-    """The web side of a submitted request: an ``asyncio.Queue`` of ``ChoiceEvent`` and ``cancel()``."""
+    """The web side of a submitted request: an ``asyncio.Queue`` of ``ChoiceEvent`` and ``cancel()``.
+    The server puts a ``None`` event in the queue when the client has gone (nothing more will come)."""
 
     def __init__(self, req: GenerationRequest, loop: asyncio.AbstractEventLoop) -> None:
         self.req = req
         self.loop = loop
-        self.events: asyncio.Queue[ChoiceEvent] = asyncio.Queue()
+        self.events: asyncio.Queue[ChoiceEvent | None] = asyncio.Queue()
         self.cancelled = threading.Event()
 
     def cancel(self) -> None:

@@ -10,6 +10,7 @@ math500    test                                           DATA/math500/test.json
 math       train (MATH 12k), test (MATH-500)              DATA/math500/math_train12k.jsonl
 countdown  train (generated), test                        DATA/countdown/countdown_cd3_test.jsonl
 chain      (the built-in task of the default recipe)      generated, ``nanoseek.tasks.chain``
+signs     train, test (levels 1-4)                       generated, ``nanoseek.tasks.signs``
 ========== ============================================== ======================================
 
 Any path ending in ``.jsonl`` (or an existing file) is a user task (``nanoseek.tasks.jsonl``).
@@ -28,6 +29,7 @@ from nanoseek.tasks.countdown import CountdownTask
 from nanoseek.tasks.gsm8k import GSM8KTask
 from nanoseek.tasks.jsonl import JsonlTask
 from nanoseek.tasks.math import Math500Task, MathTask
+from nanoseek.tasks.signs import SignsTask
 
 __all__ = ["Example", "Task", "TASKS", "get_task", "task_names"]
 
@@ -37,6 +39,7 @@ TASKS: dict[str, type[Task]] = {
     "math": MathTask,
     "countdown": CountdownTask,
     "chain": ChainTask,
+    "signs": SignsTask,
 }
 
 

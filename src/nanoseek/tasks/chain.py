@@ -20,6 +20,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from nanoseek.config import check_value
 from nanoseek.errors import NanoseekError
 from nanoseek.tasks.base import Example, Task
 from nanoseek.tokenizer import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE
@@ -98,6 +99,8 @@ class ChainTask(Task):
             raise NanoseekError(f"chain task needs 2 <= min_terms <= max_terms, got {min_terms}, {max_terms}")
         if not 2 <= modulus <= 10:
             raise NanoseekError(f"chain task modulus must be in [2, 10] (one-digit operands), got {modulus}")
+        check_value("chain task option n_test", n_test, ">= 1")
+        check_value("chain task option n_train", n_train, ">= 1")
         if not operators or set(operators) - {"+", "-"}:
             raise NanoseekError(f"chain task operators must be a non-empty string of '+' and '-', got {operators!r}")
         self.min_terms, self.max_terms, self.modulus, self.operators = min_terms, max_terms, modulus, operators

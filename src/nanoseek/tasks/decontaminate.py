@@ -25,6 +25,7 @@ import unicodedata
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
+from nanoseek.errors import NanoseekError
 from nanoseek.tasks import get_task, task_names
 
 _TOKEN_RE = re.compile(r"\w+|[^\w\s]")
@@ -118,7 +119,7 @@ def eval_sources(data_dir=None, extra: list | None = None, names: list[str] | No
     for name in names if names is not None else task_names():
         try:
             texts[name] = [e.prompt for e in get_task(name, data_dir=data_dir).examples("test")]
-        except Exception as e:  # missing data files, a task without a test split
+        except (NanoseekError, OSError) as e:  # missing or unreadable data files, a task without a test split
             skipped[name] = str(e).splitlines()[0][:200]
     for task in extra or []:
         prompts = [e.prompt for e in task.examples("test")] if "test" in task.splits else []

@@ -17,6 +17,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from nanoseek.config import check_ranges
 from nanoseek.model.mtp import mtp_loss
 from nanoseek.model.transformer import DeepseekV3ForCausalLM
 from nanoseek.train.optim import lr_at, make_adamw, set_lr
@@ -29,6 +30,11 @@ class PretrainConfig:
     ``think_fraction`` is the share of corpus documents that write out worked steps; the rest
     answer directly. ``steps`` optimizer steps of ``batch_size`` documents at learning rate ``lr``
     (AdamW, linear warm-up then cosine decay to ``lr * min_lr_ratio``).
+
+    Sources: AdamW betas (0.9, 0.95) (``nanoseek.train.optim.ADAMW_BETAS``), ``weight_decay`` 0.1 and
+    ``grad_clip`` 1.0 are DeepSeek-V3 sec. 4.2's; ``min_lr_ratio`` 0.1 is its cosine decay from
+    2.2e-4 to 2.2e-5. ``lr``, ``warmup_steps``, ``steps`` and ``batch_size`` are chosen for the tiny
+    CPU model (V3's 2.2e-4 over 2K warm-up steps is for a 671B model).
     """
 
     steps: int = 600
@@ -41,6 +47,12 @@ class PretrainConfig:
     corpus_seed: int = 7
     grad_clip: float = 1.0
     log_every: int = 25
+
+    def __post_init__(self):
+        check_ranges(self, "pretrain", {
+            "steps": ">= 1", "batch_size": ">= 1", "lr": "> 0", "min_lr_ratio": "[0, 1]", "warmup_steps": ">= 0",
+            "weight_decay": ">= 0", "think_fraction": "[0, 1]", "corpus_seed": ">= 0", "grad_clip": ">= 0",
+            "log_every": ">= 1"})
 
 
 def pad_right(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

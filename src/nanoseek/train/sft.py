@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from nanoseek.config import check_ranges
 from nanoseek.errors import NanoseekError
 from nanoseek.progress import Progress
 from nanoseek.runs.checkpoint import resume_from_latest, save_checkpoint
@@ -57,9 +58,11 @@ class SFTConfig:
     eval_every: int = 0
 
     def __post_init__(self):
-        if self.batch_size < 1:
-            raise NanoseekError(f"sft.batch_size must be >= 1, got {self.batch_size}")
-        if self.steps < 0 or self.epochs < 0 or (self.steps == 0 and self.epochs == 0):
+        check_ranges(self, "sft", {
+            "epochs": ">= 0", "steps": ">= 0", "batch_size": ">= 1", "lr": "> 0", "min_lr_ratio": "[0, 1]",
+            "warmup_steps": ">= 0", "weight_decay": ">= 0", "grad_clip": ">= 0", "max_length": ">= 0", "seed": ">= 0",
+            "eval_every": ">= 0"})
+        if self.steps == 0 and self.epochs == 0:
             raise NanoseekError("sft needs epochs > 0 or steps > 0")
 
     def total_steps(self, steps_per_epoch: int) -> int:

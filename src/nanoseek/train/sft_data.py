@@ -30,10 +30,12 @@ from __future__ import annotations
 
 import math
 import random
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from jinja2 import TemplateError
 
 from nanoseek.errors import NanoseekError
 from nanoseek.tasks.jsonl import read_jsonl
@@ -91,7 +93,9 @@ def end_of_turn_id(tokenizer) -> int:
         text = tokenizer.apply_chat_template([{"role": "user", "content": "x"}, {"role": "assistant", "content": _SENTINEL}],
                                              tokenize=False)
         after = text.split(_SENTINEL, 1)[1].lstrip() if _SENTINEL in text else ""
-    except Exception:  # a template that refuses the probe: fall back to EOS
+    except TemplateError as e:  # a template that refuses the probe (raise_exception): fall back to EOS, said once
+        warnings.warn(f"the chat template refused a one-turn probe ({e}); training completions end with the "
+                      "tokenizer's stop token instead of the template's end of turn", stacklevel=2)
         after = ""
     for t in stops:
         if after and after.startswith(tokenizer.convert_ids_to_tokens(t)):
