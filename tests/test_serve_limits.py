@@ -236,3 +236,25 @@ def test_cli_flag(capsys):
     assert build_parser().parse_args(["serve", "--model", "m", "--max-request-bytes", "1000"]).max_request_bytes == 1000
     assert main(["serve", "--model", "m", "--max-request-bytes", "0"]) == 2
     assert "--max-request-bytes" in capsys.readouterr().err
+
+
+def test_intake_thread_runs_at_lower_priority_than_the_engine():
+    """Tokenizing a large prompt must leave the CPU to the engine thread: the intake worker's nice
+    value is raised by INTAKE_NICENESS, the calling (engine-side) thread keeps its own."""
+    import os
+    import threading
+
+    from nanoseek.serve.app import INTAKE_NICENESS, lower_priority
+
+    before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    seen = {}
+
+    def worker():
+        lower_priority()
+        seen["nice"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    t = threading.Thread(target=worker)
+    t.start()
+    t.join()
+    assert seen["nice"] == min(19, before + INTAKE_NICENESS)
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before

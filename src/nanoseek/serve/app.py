@@ -26,6 +26,7 @@ import asyncio
 import hmac
 import json
 import logging
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -46,6 +47,20 @@ from nanoseek.serve.intake import DEFAULT_MAX_REQUEST_BYTES, prepare, too_large
 from nanoseek.serve.reasoning import collect
 
 STATIC = Path(__file__).parent / "static"
+INTAKE_NICENESS = 10  # the intake thread yields the CPU to the engine thread on a busy machine
+
+
+def lower_priority() -> None:
+    """Lower the calling thread's scheduling priority (Linux: a thread is a task with its own nice
+    value), so that tokenizing a large prompt takes the cores the engine thread leaves idle instead
+    of slowing every running stream. Elsewhere the thread keeps the process's priority."""
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + INTAKE_NICENESS))
+    except (AttributeError, OSError) as e:  # no per-thread priorities here (macOS, Windows): run as is
+        logging.getLogger(__name__).info("intake thread keeps the process priority: %s", e)
+
+
 log = logging.getLogger("nanoseek.serve")
 
 
@@ -75,7 +90,7 @@ def create_app(chat_model: ChatModel, api_key: str | None = None, max_batch: int
         # one intake thread: prompts are tokenized one at a time, never on the event loop, using at
         # most one core (a Hugging Face fast tokenizer can also fail with "Already borrowed" when two
         # threads use it at once)
-        app.state.intake = ThreadPoolExecutor(1, thread_name_prefix="nanoseek-intake")
+        app.state.intake = ThreadPoolExecutor(1, thread_name_prefix="nanoseek-intake", initializer=lower_priority)
         engine.start()
         yield
         engine.shutdown()
