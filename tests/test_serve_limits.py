@@ -100,6 +100,12 @@ def test_413_comes_before_the_body_is_read(server):
         s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                   b"Content-Length: 4000000\r\n\r\n" + b" " * 1000)
         head = s.recv(65536)
+        while b"\r\n\r\n" in head and len(head.split(b"\r\n\r\n", 1)[1]) < int(
+                head.split(b"content-length: ", 1)[1].split(b"\r\n", 1)[0]):
+            more = s.recv(65536)  # the body may come in a later segment than the headers
+            if not more:
+                break
+            head += more
     assert head.startswith(b"HTTP/1.1 413 ")
     assert b'"code":"request_too_large"' in head
 
@@ -258,3 +264,27 @@ def test_intake_thread_runs_at_lower_priority_than_the_engine():
     t.join()
     assert seen["nice"] == min(19, before + INTAKE_NICENESS)
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before
+
+
+def test_a_prompt_far_over_the_context_is_refused_without_encoding_it():
+    """The UTF-8 size of the messages bounds their token count from below (no token stands for more
+    than ``max_token_bytes`` bytes), so a prompt that cannot fit is a 400 before the tokenizer runs;
+    one that may fit is encoded and judged by its real length."""
+    from nanoseek.serve import protocol as P
+    from nanoseek.serve.intake import prepare
+
+    tok = build_tokenizer()
+    cm = ChatModel(None, tok, NAME, runner=ScriptedRunner(lambda ids: [tok.eos_token_id], len(tok), tok.eos_token_id),
+                   context_length=64)
+    vocab_max = max(len(t.encode("utf-8")) for t in tok.get_vocab())
+    assert cm.max_token_bytes == vocab_max
+    text = "x" * (64 * vocab_max + 5)
+    assert cm.min_prompt_tokens([{"role": "user", "content": text}]) >= 64
+    assert len(cm.encode([{"role": "user", "content": text}])) >= cm.min_prompt_tokens([{"role": "user", "content": text}])
+
+    calls = []
+    cm.encode = lambda messages: calls.append(messages) or list(range(10))
+    with pytest.raises(P.APIError) as e:
+        prepare(cm, body_of(text))
+    assert e.value.status == 400 and e.value.code == "context_length_exceeded" and calls == []
+    assert prepare(cm, body_of("short")).generation.prompt_ids == list(range(10)) and len(calls) == 1

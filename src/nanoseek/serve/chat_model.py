@@ -12,6 +12,8 @@ the model produced it in.
 
 from __future__ import annotations
 
+import functools
+
 from pathlib import Path
 
 import torch
@@ -94,6 +96,20 @@ class ChatModel:
                                                       add_generation_prompt=True)
         except Exception as e:  # jinja TemplateError: e.g. roles out of order for this template
             raise PromptError(f"the chat template rejected these messages: {e}") from None
+
+    @functools.cached_property
+    def max_token_bytes(self) -> int:
+        """An upper bound on the UTF-8 bytes of text one token stands for: the longest vocabulary
+        entry (added tokens included) in UTF-8. Byte-level BPE, SentencePiece and byte-fallback
+        spellings only make entries longer than the text they decode to, so the bound holds."""
+        return max((len(t.encode("utf-8", "replace")) for t in self.tokenizer.get_vocab()), default=1) or 1
+
+    def min_prompt_tokens(self, messages: list[dict]) -> int:
+        """A lower bound on the prompt's length in tokens, from the messages' UTF-8 size alone (no
+        tokenization): a prompt far over the context is refused without paying for encoding it."""
+        # over the messages as they enter the template (earlier reasoning removed), not as sent
+        text_bytes = sum(len(m["content"].encode("utf-8", "replace")) for m in self.prompt_messages(messages))
+        return text_bytes // self.max_token_bytes
 
     def encode(self, messages: list[dict]) -> list[int]:
         """Prompt token ids for a conversation (generation prompt added)."""

@@ -108,11 +108,16 @@ def prepare(chat_model: ChatModel, body: bytes) -> Prepared:
     if req.model is not None and req.model != chat_model.name:
         raise P.APIError(404, f"The model `{req.model}` does not exist. This server serves `{chat_model.name}`.",
                          param="model", code="model_not_found")
+    messages = [{"role": m.role, "content": m.text()} for m in req.messages]
+    ctx = chat_model.context_length
+    at_least = chat_model.min_prompt_tokens(messages)
+    if at_least >= ctx:  # refused before the (possibly seconds-long) encoding of a huge prompt
+        raise P.APIError(400, f"This model's maximum context length is {ctx} tokens. However, your messages "
+                         f"need at least {at_least} tokens.", param="messages", code="context_length_exceeded")
     try:
-        ids = chat_model.encode([{"role": m.role, "content": m.text()} for m in req.messages])
+        ids = chat_model.encode(messages)
     except PromptError as e:
         raise P.APIError(400, str(e), param="messages") from None
-    ctx = chat_model.context_length
     if len(ids) >= ctx:
         raise P.APIError(400, f"This model's maximum context length is {ctx} tokens. However, your messages "
                          f"resulted in {len(ids)} tokens.", param="messages", code="context_length_exceeded")
